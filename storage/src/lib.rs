@@ -1,0 +1,12 @@
+//! `spate-storage`: what Spate persists.
+//!
+//! * [`metastore`]: the node's metadata store — raft-engine on its own thread, reached from
+//!   shards by message. Holds the controller log (topics, configs) and, later, Raft hard state
+//!   and recovery checkpoints.
+//! * [`dma`]: direct-I/O helpers over glommio's `DmaFile` and its known traps.
+//!
+//! **Architecture invariant:** nothing here knows Kafka request types; nothing here blocks a
+//! shard (raft-engine's synchronous writes run on the metadata thread only).
+
+pub mod dma;
+pub mod metastore;
