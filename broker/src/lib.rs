@@ -1,1 +1,10 @@
+//! `spate-broker`: decides. Kafka handlers, shards, the controller and node start-up; builds
+//! the `spated` binary. See the crate's README.md for where each type lives.
 
+pub mod config;
+pub mod kafka;
+pub mod limits;
+pub mod metadata;
+pub mod node;
+pub mod rt;
+pub mod shard;

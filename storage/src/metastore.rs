@@ -155,11 +155,12 @@ fn run(engine: Engine, rx: flume::Receiver<Op>, mut next_index: u64) {
         for op in ops {
             match op {
                 Op::AppendController { data, reply } => {
-                    let mut e = Entry::default();
-                    e.index = next_index;
-                    e.term = 1;
-                    e.data = data;
-                    entries.push(e);
+                    entries.push(Entry {
+                        index: next_index,
+                        term: 1,
+                        data,
+                        ..Default::default()
+                    });
                     replies.push((next_index, reply));
                     next_index += 1;
                 }

@@ -1,0 +1,97 @@
+//! One file per Kafka API: each decodes nothing itself (see [`super::serve`]), reads top-down
+//! (trace, call one service, build the response) and turns failures into Kafka error codes.
+
+pub mod alter_configs;
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod metadata;
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use spate_net::conn::Reply;
+
+use super::{serve, Ctx};
+use crate::metadata::controller::KError;
+
+pub(crate) fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+pub(crate) fn err_msg(e: &KError) -> Option<StrBytes> {
+    Some(s(e.message.clone()))
+}
+
+/// Routes a request whose key and version are in the registry to its handler.
+pub async fn route(ctx: Ctx, key: ApiKey, corr: i32, body: Bytes) -> Reply {
+    let v = ctx.version;
+    match key {
+        ApiKey::ApiVersions => {
+            serve(key, v, corr, body, |r: ApiVersionsRequest| async move {
+                api_versions::handle(&ctx, r)
+            })
+            .await
+        }
+        ApiKey::Metadata => {
+            serve(key, v, corr, body, |r: MetadataRequest| async move {
+                metadata::handle(&ctx, r)
+            })
+            .await
+        }
+        ApiKey::CreateTopics => {
+            serve(key, v, corr, body, |r: CreateTopicsRequest| async move {
+                create_topics::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::DeleteTopics => {
+            serve(key, v, corr, body, |r: DeleteTopicsRequest| async move {
+                delete_topics::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::CreatePartitions => serve(
+            key,
+            v,
+            corr,
+            body,
+            |r: CreatePartitionsRequest| async move { create_partitions::handle(&ctx, r).await },
+        )
+        .await,
+        ApiKey::DescribeConfigs => {
+            serve(key, v, corr, body, |r: DescribeConfigsRequest| async move {
+                describe_configs::handle(&ctx, r)
+            })
+            .await
+        }
+        ApiKey::AlterConfigs => {
+            serve(key, v, corr, body, |r: AlterConfigsRequest| async move {
+                alter_configs::handle_full(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            serve(
+                key,
+                v,
+                corr,
+                body,
+                |r: IncrementalAlterConfigsRequest| async move {
+                    alter_configs::handle_incremental(&ctx, r).await
+                },
+            )
+            .await
+        }
+        ApiKey::DescribeCluster => {
+            serve(key, v, corr, body, |r: DescribeClusterRequest| async move {
+                describe_cluster::handle(&ctx, r)
+            })
+            .await
+        }
+        other => Reply::Close(format!("API {other:?} has no handler")),
+    }
+}

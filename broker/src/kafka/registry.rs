@@ -1,0 +1,42 @@
+//! The implemented APIs and versions: the one table ApiVersions is generated from.
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::VersionRange;
+
+/// `(api, min, max)`. A version is listed only when its handler serves it completely.
+pub static APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Metadata, 0, 13),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 2),
+];
+
+pub fn versions(key: ApiKey) -> Option<VersionRange> {
+    APIS.iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| VersionRange {
+            min: *min,
+            max: *max,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_version_is_one_kafka_protocol_can_decode() {
+        for (key, min, max) in APIS {
+            let codec = key.valid_versions();
+            assert!(
+                codec.min <= *min && *max <= codec.max,
+                "{key:?} {min}..={max} outside the codec's {codec}"
+            );
+        }
+    }
+}

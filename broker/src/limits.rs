@@ -1,0 +1,23 @@
+//! Every limit of the broker in one place, each with the reason for its value.
+
+/// Shards per node; the mesh has SHARDS_MAX² queues, and 256 cores is beyond any single box
+/// we target.
+pub const SHARDS_MAX: usize = 256;
+/// Kafka's `socket.request.max.bytes` default (100 MiB): the largest request frame.
+pub const REQUEST_FRAME_BYTES_DEFAULT: usize = 100 * 1024 * 1024;
+/// Upper bound a config may raise the frame limit to (1 GiB).
+pub const REQUEST_FRAME_BYTES_MAX: usize = 1 << 30;
+/// Requests read ahead per connection; clients pipeline up to 5 (Java's
+/// `max.in.flight.requests.per.connection` default), a little slack keeps them all moving.
+pub const INFLIGHT_REQUESTS_PER_CONNECTION_DEFAULT: usize = 16;
+pub const INFLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+/// Partitions one topic may have; bounds one CreateTopics request's work and memory.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 100_000;
+/// Partitions in the whole node (every shard holds the full table).
+pub const PARTITIONS_PER_NODE_MAX: usize = 200_000;
+/// Replication factor ceiling (Kafka's is i16::MAX; nobody needs more than this).
+pub const REPLICATION_FACTOR_MAX: i16 = 16;
+/// Kafka's topic-name length limit.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Messages queued per shard-to-shard direction before senders wait.
+pub const MESH_QUEUE_MAX: usize = 1024;

@@ -1,0 +1,282 @@
+//! Node start-up and shutdown: the data dir, the metadata store, the shard pool.
+//!
+//! Start: lock the data dir → write the DMA sentinel → open the metadata store and replay the
+//! controller log into an image → start one executor per shard; each shard reads the sentinel,
+//! joins the mesh and binds the Kafka listener (SO_REUSEPORT).
+//! Stop (SIGTERM/SIGINT): every shard stops accepting and reading, answers what it has read,
+//! waits for its connections (bounded by `shutdown_timeout_ms`), then waits until every shard
+//! has drained (still serving mesh requests meanwhile); then the metadata store flushes and
+//! the process exits 0.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use glommio::net::TcpListener;
+use spate_net::conn::{serve, ConnLimits};
+use spate_storage::dma;
+use spate_storage::metastore::MetaStore;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::kafka::KafkaConn;
+use crate::metadata::{MetadataImage, MetadataRecord};
+use crate::shard::{mesh, Shard};
+
+/// Logs to stderr; `RUST_LOG` wins over the configured filter. glommio logs through `log`,
+/// which the subscriber bridges (tracing-log), so its warnings show up here too.
+pub fn init_tracing(default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// An exclusive lock on the data dir, held for the life of the process.
+struct DataDirLock(#[allow(dead_code)] File);
+
+fn lock_data_dir(dir: &Path) -> Result<DataDirLock> {
+    let path = dir.join(".lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "data dir {} is in use by another spated process",
+            dir.display()
+        );
+    }
+    Ok(DataDirLock(file))
+}
+
+/// Kafka's cluster id form: a random UUID in URL-safe base64 without padding (22 chars).
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut out = String::with_capacity(22);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            out.push(ALPHABET[((acc >> bits) & 63) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (6 - bits)) & 63) as usize] as char);
+    }
+    out
+}
+
+/// Replays the controller log into a fresh image.
+fn replay(nr_shards: usize, log: &[(u64, bytes::Bytes)]) -> Result<MetadataImage> {
+    let mut image = MetadataImage::new(nr_shards);
+    for (index, data) in log {
+        let records: Vec<MetadataRecord> = serde_json::from_slice(data)
+            .with_context(|| format!("controller log entry {index} is not readable"))?;
+        image.apply(*index, &records);
+    }
+    Ok(image)
+}
+
+/// Everything one shard needs to start (cloned into every executor).
+#[derive(Clone)]
+struct ShardBoot {
+    config: Config,
+    image: MetadataImage,
+    store: MetaStore,
+    mesh: mesh::MeshBuilderT,
+    sentinel: PathBuf,
+    stop: Arc<AtomicBool>,
+    listening: Arc<AtomicUsize>,
+    drained: Arc<AtomicUsize>,
+}
+
+pub fn run(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let sentinel = dma::prepare_sentinel(&config.data_dir)?;
+    let (store, recovered, store_thread) = MetaStore::open(&config.data_dir.join("meta"))?;
+    let mut image = replay(config.smp, &recovered.controller_log)?;
+    if image.cluster_id.is_empty() {
+        let records = vec![MetadataRecord::ClusterInit {
+            cluster_id: new_cluster_id(),
+        }];
+        let index = futures_lite::future::block_on(
+            store.append_controller(serde_json::to_vec(&records)?.into()),
+        )?;
+        image.apply(index, &records);
+        info!(cluster_id = %image.cluster_id, "new cluster initialised");
+    }
+    info!(
+        cluster_id = %image.cluster_id,
+        node_id = config.node_id,
+        topics = image.topics.len(),
+        partitions = image.partition_count(),
+        applied_index = image.applied_index,
+        "metadata recovered"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+
+    let boot = ShardBoot {
+        mesh: mesh::builder(config.smp),
+        image,
+        store: store.clone(),
+        sentinel,
+        stop,
+        listening: Arc::new(AtomicUsize::new(0)),
+        drained: Arc::new(AtomicUsize::new(0)),
+        config: config.clone(),
+    };
+    let results = crate::rt::pool(&config)?
+        .on_all_shards(move || shard_main(boot))
+        .map_err(|e| anyhow::anyhow!("starting shards: {e}"))?
+        .join_all();
+    store.stop();
+    store_thread.join();
+    let mut failed = false;
+    for r in results {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!("shard failed: {e:#}");
+                failed = true;
+            }
+            Err(e) => {
+                error!("shard thread failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("one or more shards failed");
+    }
+    info!("spated stopped");
+    Ok(())
+}
+
+async fn shard_main(boot: ShardBoot) -> Result<()> {
+    dma::touch_sentinel(&boot.sentinel).await?;
+    let (id, mesh, io) = mesh::join(boot.mesh).await?;
+    let nr_shards = mesh.nr_shards();
+    let config = boot.config;
+    let shard = Rc::new(Shard::new(config.clone(), boot.image, mesh, boot.store));
+    mesh::start(shard.clone(), io);
+
+    let listener = TcpListener::bind(config.kafka_addr).map_err(|e| {
+        anyhow::anyhow!(
+            "shard {id}: binding Kafka listener on {}: {e}",
+            config.kafka_addr
+        )
+    })?;
+    if boot.listening.fetch_add(1, Ordering::SeqCst) + 1 == nr_shards {
+        info!(
+            addr = %config.kafka_addr,
+            advertised = ?config.advertised_kafka_addr,
+            shards = nr_shards,
+            "spated ready: Kafka listener up on every shard"
+        );
+    }
+
+    // Signals land in an atomic flag; each shard polls it and fires its local shutdown.
+    let watcher = {
+        let shard = shard.clone();
+        let stop = boot.stop.clone();
+        glommio::spawn_local(async move {
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            shard.shutdown.fire();
+        })
+    };
+    watcher.detach();
+
+    let limits = ConnLimits {
+        frame_bytes_max: config.request_frame_bytes_max,
+        inflight_requests_max: config.inflight_requests_per_connection_max,
+        idle_timeout: config.connections_max_idle,
+    };
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.shutdown.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                warn!(shard = id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            shard.connections.set(shard.connections.get() + 1);
+            let conn = KafkaConn {
+                shard: shard.clone(),
+                peer,
+            };
+            serve(stream, peer, &conn, limits, &shard.shutdown).await;
+            shard.connections.set(shard.connections.get() - 1);
+        })
+        .detach();
+    }
+    drop(listener);
+
+    let deadline = Instant::now() + config.shutdown_timeout;
+    while shard.connections.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if shard.connections.get() > 0 {
+        warn!(
+            shard = id,
+            open = shard.connections.get(),
+            "shutdown timeout: closing connections with requests in flight"
+        );
+    }
+    // Keep serving other shards' mesh requests until every shard has drained.
+    boot.drained.fetch_add(1, Ordering::SeqCst);
+    while boot.drained.load(Ordering::SeqCst) < nr_shards {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    info!(shard = id, "shard stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_look_like_kafkas() {
+        let id = new_cluster_id();
+        assert_eq!(id.len(), 22);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(id, new_cluster_id());
+    }
+}

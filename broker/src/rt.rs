@@ -1,0 +1,122 @@
+//! Our small wrapper around glommio: executor pool, placement, and the memlock budget.
+//!
+//! glommio 0.9.0 is pinned; everything the broker needs from its executor setup goes through
+//! here so a move to the community fork stays local.
+
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// glommio's default per-executor I/O buffer slab.
+pub const IO_MEMORY_DEFAULT_BYTES: usize = 10 << 20;
+/// Below this the slab is too small to be worth registering.
+pub const IO_MEMORY_MIN_BYTES: usize = 256 << 10;
+/// glommio refuses to start an executor when RLIMIT_MEMLOCK is below this.
+pub const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
+
+/// RLIMIT_MEMLOCK's soft limit in bytes; `None` when unlimited.
+pub fn memlock_limit_bytes() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        None
+    } else {
+        Some(lim.rlim_cur)
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Each executor registers its I/O slab in three rings against RLIMIT_MEMLOCK (root and
+/// CAP_IPC_LOCK are exempt), so the slab is sized to `memlock / (3 × shards)` when limited.
+pub fn io_memory_bytes(
+    configured: Option<usize>,
+    shards: usize,
+    memlock: Option<u64>,
+    exempt: bool,
+) -> usize {
+    if let Some(n) = configured {
+        return n;
+    }
+    match memlock {
+        None => IO_MEMORY_DEFAULT_BYTES,
+        Some(_) if exempt => IO_MEMORY_DEFAULT_BYTES,
+        Some(limit) => {
+            let share = (limit / (3 * shards as u64)) as usize;
+            share.clamp(IO_MEMORY_MIN_BYTES, IO_MEMORY_DEFAULT_BYTES) & !4095
+        }
+    }
+}
+
+/// Builds the shard pool: one executor per shard, pinned when configured.
+pub fn pool(config: &Config) -> anyhow::Result<LocalExecutorPoolBuilder> {
+    let memlock = memlock_limit_bytes();
+    let root = is_root();
+    if let Some(limit) = memlock {
+        if limit < MEMLOCK_MIN_BYTES && !root {
+            anyhow::bail!(
+                "RLIMIT_MEMLOCK is {limit} bytes; glommio needs at least {MEMLOCK_MIN_BYTES}. \
+                 Raise it (systemd: LimitMEMLOCK=infinity; docker: --ulimit memlock=-1)"
+            );
+        }
+    }
+    let io_memory = io_memory_bytes(config.io_memory_bytes, config.smp, memlock, root);
+    let budget = 3 * io_memory as u64 * config.smp as u64;
+    match memlock {
+        Some(limit) if !root && budget > limit => warn!(
+            memlock_bytes = limit,
+            io_memory_bytes = io_memory,
+            shards = config.smp,
+            "io_memory × 3 rings × shards exceeds RLIMIT_MEMLOCK: some buffers will not be \
+             registered (slower I/O); set LimitMEMLOCK=infinity"
+        ),
+        _ => info!(
+            memlock_bytes = ?memlock,
+            io_memory_bytes = io_memory,
+            shards = config.smp,
+            root,
+            "memlock budget"
+        ),
+    }
+    let placement = if config.pin_shards {
+        PoolPlacement::MaxSpread(config.smp, None)
+    } else {
+        PoolPlacement::Unbound(config.smp)
+    };
+    Ok(LocalExecutorPoolBuilder::new(placement)
+        .name("spate-shard")
+        .io_memory(io_memory))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_memory_fits_the_memlock_budget() {
+        assert_eq!(io_memory_bytes(Some(1 << 20), 4, Some(1), false), 1 << 20);
+        assert_eq!(
+            io_memory_bytes(None, 4, None, false),
+            IO_MEMORY_DEFAULT_BYTES
+        );
+        assert_eq!(
+            io_memory_bytes(None, 4, Some(8 << 20), true),
+            IO_MEMORY_DEFAULT_BYTES
+        );
+        let n = io_memory_bytes(None, 2, Some(8 << 20), false);
+        assert!(3 * 2 * n as u64 <= 8 << 20, "{n}");
+        assert_eq!(n % 4096, 0);
+        assert_eq!(
+            io_memory_bytes(None, 64, Some(1 << 20), false),
+            IO_MEMORY_MIN_BYTES
+        );
+    }
+}
