@@ -30,6 +30,31 @@ pub fn memlock_limit_bytes() -> Option<u64> {
     }
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit (every client connection is a descriptor);
+/// returns the soft limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -68,6 +93,8 @@ pub fn pool(config: &Config) -> anyhow::Result<LocalExecutorPoolBuilder> {
             );
         }
     }
+    let nofile = raise_nofile_limit();
+    info!(nofile, "open-file limit (bounds client connections)");
     let io_memory = io_memory_bytes(config.io_memory_bytes, config.smp, memlock, root);
     let budget = 3 * io_memory as u64 * config.smp as u64;
     match memlock {
