@@ -65,7 +65,11 @@ fn record_header_count_beyond_the_batch_is_an_error() {
     let header = &buf[..61];
     let old_len = (buf[61] >> 1) as usize; // zigzag, one byte for a small record
     let body = &buf[62..62 + old_len - 1];
-    assert_eq!(buf[62 + old_len - 1], 0, "header count of the encoded record");
+    assert_eq!(
+        buf[62 + old_len - 1],
+        0,
+        "header count of the encoded record"
+    );
     let new_len = old_len - 1 + 5;
     let mut out = BytesMut::new();
     out.put_slice(header);

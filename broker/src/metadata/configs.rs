@@ -76,7 +76,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "log.cleanup.policy",
         List,
         "delete",
-        Check::ListOf(&["delete", "compact"]),
+        Check::ListOf(&["compact", "delete"]),
         "Retention policy for old segments: delete, compact, or both."
     ),
     def!(
@@ -310,7 +310,7 @@ impl TopicConfigDef {
                         .iter()
                         .find(|w| w.eq_ignore_ascii_case(item))
                         .ok_or_else(|| {
-                            bad(&format!("List items must be one of: {}", words.join(", ")))
+                            bad(&format!("String must be one of: {}", words.join(", ")))
                         })?;
                     if !out.contains(w) {
                         out.push(*w);

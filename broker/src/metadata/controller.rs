@@ -470,16 +470,16 @@ pub fn plan_create_partitions(
                 return Err(KError::new(
                     ResponseError::InvalidPartitions,
                     format!(
-                        "Topic currently has {current} partitions, which is higher than the \
-                         requested {}.",
-                        spec.count
+                        "The topic {} currently has {current} partition(s); {} would not be an \
+                         increase.",
+                        spec.name, spec.count
                     ),
                 ));
             }
             if spec.count == current {
                 return Err(KError::new(
                     ResponseError::InvalidPartitions,
-                    format!("Topic already has {current} partitions."),
+                    format!("Topic already has {current} partition(s)."),
                 ));
             }
             let adding = (spec.count - current) as usize;

@@ -2,30 +2,29 @@
 
 use crate::limits::TOPIC_NAME_BYTES_MAX;
 
-/// Checks a topic name; the error is Kafka's INVALID_TOPIC_EXCEPTION message.
+/// Checks a topic name; the error is Kafka's INVALID_TOPIC_EXCEPTION message
+/// (`Topic name is invalid: …`, as Kafka 4.x words it).
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("Topic name is illegal, it can't be empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err("Topic name cannot be \".\" or \"..\"".into());
-    }
-    if name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!(
-            "Topic name is illegal, it can't be longer than {TOPIC_NAME_BYTES_MAX} characters, \
-             topic name: {name}"
-        ));
-    }
-    if !name
+    let why = if name.is_empty() {
+        "the empty string is not allowed".to_string()
+    } else if name == "." || name == ".." {
+        format!("'{name}' is not allowed")
+    } else if name.len() > TOPIC_NAME_BYTES_MAX {
+        format!(
+            "the length of '{name}' is longer than the max allowed length {TOPIC_NAME_BYTES_MAX}"
+        )
+    } else if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
-        return Err(format!(
-            "Topic name \"{name}\" is illegal, it contains a character other than ASCII \
-             alphanumerics, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
+        format!(
+            "'{name}' contains one or more characters other than ASCII alphanumerics, '.', '_' \
+             and '-'"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(format!("Topic name is invalid: {why}"))
 }
 
 /// Kafka forbids two topics whose names differ only in '.' versus '_' (metric names collide).
