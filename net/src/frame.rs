@@ -3,8 +3,8 @@
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt};
 
-/// How much a frame buffer grows at a time while its body arrives. Frames up to this size
-/// (nearly every request) are read into one exact allocation.
+/// The first allocation for a frame body. Frames up to this size (nearly every request) are
+/// read into one exact allocation; larger ones double from here as their bytes arrive.
 pub const FRAME_GROWTH_STEP_BYTES: usize = 1 << 20;
 
 /// Why a frame could not be read. Every variant ends the connection.
@@ -53,13 +53,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let size = size as usize;
     // Grow the buffer as bytes arrive instead of trusting the size prefix: a peer that
-    // announces a huge frame and sends nothing costs us one step, not `size` bytes.
-    let mut body = BytesMut::with_capacity(size.min(FRAME_GROWTH_STEP_BYTES));
+    // announces a huge frame and sends a few bytes costs little. Buffers come from
+    // `BytesMut::zeroed` (calloc): pages nobody writes stay unmapped, so memory follows the bytes
+    // actually received (at most twice that while growing).
+    let mut body = BytesMut::zeroed(size.min(FRAME_GROWTH_STEP_BYTES));
     let mut filled = 0;
     while filled < size {
         if filled == body.len() {
-            let next = (filled + FRAME_GROWTH_STEP_BYTES).min(size);
-            body.resize(next, 0);
+            let mut bigger = BytesMut::zeroed((body.len() * 2).min(size));
+            bigger[..filled].copy_from_slice(&body[..filled]);
+            body = bigger;
         }
         let n = reader.read(&mut body[filled..]).await?;
         if n == 0 {
@@ -110,6 +113,16 @@ mod tests {
                 got: 2
             })
         ));
+    }
+
+    #[test]
+    fn frames_larger_than_one_growth_step_arrive_whole() {
+        let n = FRAME_GROWTH_STEP_BYTES * 3 + 17;
+        let mut input = (n as i32).to_be_bytes().to_vec();
+        input.extend((0..n).map(|i| (i % 251) as u8));
+        let body = read(&input, n).unwrap();
+        assert_eq!(body.len(), n);
+        assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
     }
 
     #[test]
