@@ -1,6 +1,7 @@
 //! `spate-broker`: decides. Kafka handlers, shards, the controller and node start-up; builds
 //! the `spated` binary. See the crate's README.md for where each type lives.
 
+pub mod admin;
 pub mod config;
 pub mod kafka;
 pub mod limits;

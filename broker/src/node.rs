@@ -24,6 +24,7 @@ use spate_storage::metastore::MetaStore;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::admin::{AdminServer, AdminState};
 use crate::config::Config;
 use crate::kafka::KafkaConn;
 use crate::metadata::{MetadataImage, MetadataRecord};
@@ -135,13 +136,22 @@ pub fn run(config: Config) -> Result<()> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
     }
 
+    let listening = Arc::new(AtomicUsize::new(0));
+    let admin = AdminServer::start(
+        config.admin_addr,
+        AdminState {
+            shards: config.smp,
+            listening: listening.clone(),
+            stopping: stop.clone(),
+        },
+    )?;
     let boot = ShardBoot {
         mesh: mesh::builder(config.smp),
         image,
         store: store.clone(),
         sentinel,
         stop,
-        listening: Arc::new(AtomicUsize::new(0)),
+        listening,
         drained: Arc::new(AtomicUsize::new(0)),
         config: config.clone(),
     };
@@ -149,6 +159,7 @@ pub fn run(config: Config) -> Result<()> {
         .on_all_shards(move || shard_main(boot))
         .map_err(|e| anyhow::anyhow!("starting shards: {e}"))?
         .join_all();
+    admin.stop();
     store.stop();
     store_thread.join();
     let mut failed = false;
