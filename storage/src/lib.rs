@@ -4,9 +4,12 @@
 //!   shards by message. Holds the controller log (topics, configs) and, later, Raft hard state
 //!   and recovery checkpoints.
 //! * [`dma`]: direct-I/O helpers over glommio's `DmaFile` and its known traps.
+//! * [`log`]: the partition log — record batches in segment files (O_DIRECT), group commit,
+//!   reads, truncation and crash recovery. One per partition, on the partition's shard.
 //!
 //! **Architecture invariant:** nothing here knows Kafka request types; nothing here blocks a
 //! shard (raft-engine's synchronous writes run on the metadata thread only).
 
 pub mod dma;
+pub mod log;
 pub mod metastore;

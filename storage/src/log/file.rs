@@ -1,0 +1,287 @@
+//! The file seam: what a segment needs from a file and a directory, with the glommio
+//! `DmaFile` implementation. The in-memory, crash-injecting implementation is in
+//! [`super::faulty`].
+//!
+//! Everything here is shard-local: the futures are `!Send` on purpose (glommio types are), so
+//! the traits use `async fn` directly.
+#![allow(async_fn_in_trait)] // shard-local by design: no `Send` bound is wanted
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+use crate::dma::DMA_ALIGNMENT_BYTES;
+
+/// Largest single I/O submitted to the device (larger requests are split). Requests above the
+/// device's `max_sectors_kb` have hung glommio processes in D state (DataDog/glommio#633).
+pub const MAX_IO_BYTES: usize = 128 * 1024;
+
+const ALIGN: u64 = DMA_ALIGNMENT_BYTES as u64;
+
+pub(crate) fn align_down(v: u64) -> u64 {
+    v & !(ALIGN - 1)
+}
+pub(crate) fn is_aligned(v: u64) -> bool {
+    v & (ALIGN - 1) == 0
+}
+pub(crate) fn align_up(v: u64) -> u64 {
+    (v + ALIGN - 1) & !(ALIGN - 1)
+}
+
+/// A buffer suitable for the file's writes (DMA memory for O_DIRECT files).
+pub trait IoBuf {
+    fn as_slice(&self) -> &[u8];
+    fn as_mut_slice(&mut self) -> &mut [u8];
+}
+
+impl IoBuf for DmaBuffer {
+    fn as_slice(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.as_bytes_mut()
+    }
+}
+
+impl IoBuf for Vec<u8> {
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// What a segment needs from one file.
+pub trait SegmentFile {
+    type Buf: IoBuf;
+    /// Writes `buf[..len]` at `pos`. `pos` and `len` are multiples of
+    /// [`DMA_ALIGNMENT_BYTES`]; `len <= buf.len()`. Implementations split writes larger than
+    /// [`MAX_IO_BYTES`].
+    async fn write_at(&self, pos: u64, buf: Self::Buf, len: usize) -> io::Result<()>;
+    /// Reads `len` bytes at `pos` (any alignment); shorter only at end of file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes>;
+    async fn fdatasync(&self) -> io::Result<()>;
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+    async fn size(&self) -> io::Result<u64>;
+    async fn close(self) -> io::Result<()>;
+}
+
+/// What a partition log needs from its directory.
+pub trait SegmentDir: Clone {
+    type Buf: IoBuf;
+    type File: SegmentFile<Buf = Self::Buf>;
+    /// A write buffer of `len` bytes (a multiple of the alignment); contents unspecified.
+    fn alloc_buf(&self, len: usize) -> Self::Buf;
+    /// Opens `name`, creating it empty if missing; never truncates.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// File names in the directory (any order).
+    async fn list(&self) -> io::Result<Vec<String>>;
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creations, renames and removals durable (fsync of the directory).
+    async fn sync(&self) -> io::Result<()>;
+}
+
+/// A partition directory on a real disk, files opened O_DIRECT through glommio.
+///
+/// Construct it with [`DmaDir::open`], which reads the data dir's sentinel first: that defuses
+/// glommio 0.9.0's iopoll mis-probe (see [`crate::dma`]) and gives us a long-lived `DmaFile` to
+/// allocate DMA buffers from before any segment exists.
+#[derive(Clone)]
+pub struct DmaDir {
+    inner: Rc<DmaDirInner>,
+}
+
+struct DmaDirInner {
+    path: PathBuf,
+    /// The sentinel, kept open: glommio allocates DMA buffers through a file handle.
+    buffers: DmaFile,
+}
+
+impl DmaDir {
+    /// Opens (creating if needed) the partition directory `path`. `sentinel` is the file
+    /// written by [`crate::dma::prepare_sentinel`] on the same device.
+    ///
+    /// Start-up only: creating the directory uses glommio's blocking pool.
+    pub async fn open(path: &Path, sentinel: &Path) -> io::Result<Self> {
+        let buffers = DmaFile::open(sentinel).await.map_err(io::Error::from)?;
+        // The probe read: the first DmaFile an executor reads on a device must be non-empty.
+        buffers
+            .read_at_aligned(0, DMA_ALIGNMENT_BYTES)
+            .await
+            .map_err(io::Error::from)?;
+        let p = path.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || std::fs::create_dir_all(&p))
+            .await?;
+        Ok(Self {
+            inner: Rc::new(DmaDirInner {
+                path: path.to_path_buf(),
+                buffers,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Closes the sentinel handle once the last clone is gone (otherwise glommio warns that a
+    /// file was dropped while active).
+    pub async fn close(self) -> io::Result<()> {
+        match Rc::try_unwrap(self.inner) {
+            Ok(inner) => inner.buffers.close().await.map_err(io::Error::from),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl SegmentDir for DmaDir {
+    type Buf = DmaBuffer;
+    type File = DmaSegmentFile;
+
+    fn alloc_buf(&self, len: usize) -> DmaBuffer {
+        self.inner.buffers.alloc_dma_buffer(len)
+    }
+
+    async fn open(&self, name: &str) -> io::Result<DmaSegmentFile> {
+        // Not `DmaFile::create`: that truncates (O_TRUNC).
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(self.inner.path.join(name))
+            .await
+            .map_err(io::Error::from)?;
+        Ok(DmaSegmentFile {
+            file,
+            buffers: self.clone(),
+        })
+    }
+
+    async fn list(&self) -> io::Result<Vec<String>> {
+        // Directory listing is a blocking syscall: run it on glommio's blocking pool.
+        let path = self.inner.path.clone();
+        glommio::executor()
+            .spawn_blocking(move || -> io::Result<Vec<String>> {
+                let mut names = Vec::new();
+                for entry in std::fs::read_dir(&path)? {
+                    if let Some(name) = entry?.file_name().to_str() {
+                        names.push(name.to_string());
+                    }
+                }
+                Ok(names)
+            })
+            .await
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        glommio::io::remove(self.inner.path.join(name))
+            .await
+            .map_err(io::Error::from)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        let dir = glommio::io::Directory::open(&self.inner.path)
+            .await
+            .map_err(io::Error::from)?;
+        let r = dir.sync().await;
+        let _ = dir.close().await;
+        r.map_err(io::Error::from)
+    }
+}
+
+/// One segment file opened O_DIRECT.
+pub struct DmaSegmentFile {
+    file: DmaFile,
+    buffers: DmaDir,
+}
+
+impl SegmentFile for DmaSegmentFile {
+    type Buf = DmaBuffer;
+
+    async fn write_at(&self, pos: u64, mut buf: DmaBuffer, len: usize) -> io::Result<()> {
+        assert!(
+            is_aligned(pos) && is_aligned(len as u64) && len <= buf.len(),
+            "unaligned DMA write: pos {pos} len {len}"
+        );
+        if len <= MAX_IO_BYTES {
+            buf.trim_to_size(len);
+            return write_all(&self.file, pos, buf).await;
+        }
+        // Split: copy each piece into its own DMA buffer (rare; the appender never writes
+        // more than MAX_IO_BYTES at once).
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(MAX_IO_BYTES);
+            let mut piece = self.buffers.alloc_buf(n);
+            piece
+                .as_bytes_mut()
+                .copy_from_slice(&buf.as_bytes()[done..done + n]);
+            write_all(&self.file, pos + done as u64, piece).await?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        let start = align_down(pos);
+        let end = align_up(pos + len as u64);
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(MAX_IO_BYTES);
+            let r = self
+                .file
+                .read_at_aligned(at, n)
+                .await
+                .map_err(io::Error::from)?;
+            out.extend_from_slice(&r);
+            if r.len() < n {
+                break; // end of file
+            }
+            at += n as u64;
+        }
+        let skip = (pos - start) as usize;
+        let mut out = out.freeze();
+        if out.len() <= skip {
+            return Ok(Bytes::new());
+        }
+        let _ = out.split_to(skip);
+        out.truncate(len);
+        Ok(out)
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(io::Error::from)
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file.truncate(len).await.map_err(io::Error::from)
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(io::Error::from)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(io::Error::from)
+    }
+}
+
+async fn write_all(file: &DmaFile, pos: u64, buf: DmaBuffer) -> io::Result<()> {
+    let len = buf.len();
+    let n = file.write_at(buf, pos).await.map_err(io::Error::from)?;
+    if n != len {
+        // O_DIRECT writes of aligned blocks are all-or-nothing in practice; a short write
+        // (disk full mid-request) is surfaced rather than retried.
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short DMA write at {pos}: {n} of {len} bytes"),
+        ));
+    }
+    Ok(())
+}
