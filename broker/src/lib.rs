@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod config;
+pub mod data;
 pub mod kafka;
 pub mod limits;
 pub mod metadata;
 pub mod node;
+pub mod partition;
 pub mod rt;
 pub mod shard;

@@ -188,8 +188,22 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
     let (id, mesh, io) = mesh::join(boot.mesh).await?;
     let nr_shards = mesh.nr_shards();
     let config = boot.config;
-    let shard = Rc::new(Shard::new(config.clone(), boot.image, mesh, boot.store));
+    let shard = Rc::new(Shard::new(
+        config.clone(),
+        boot.image,
+        mesh,
+        boot.store,
+        boot.sentinel.clone(),
+    ));
     mesh::start(shard.clone(), io);
+    // Open (and recover) the partitions this shard owns before taking clients.
+    let image = shard.image.borrow().clone();
+    shard.partitions.reconcile(&image, nr_shards).await;
+    info!(
+        shard = id,
+        partitions = shard.partitions.len(),
+        "partitions open"
+    );
 
     let listener = TcpListener::bind(config.kafka_addr).map_err(|e| {
         anyhow::anyhow!(
@@ -273,6 +287,7 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
     while boot.drained.load(Ordering::SeqCst) < nr_shards {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    shard.partitions.close_all().await;
     info!(shard = id, "shard stopped");
     Ok(())
 }

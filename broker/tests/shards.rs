@@ -26,6 +26,7 @@ fn spec(name: &str, partitions: i32) -> CreateTopicSpec {
 /// Runs `SHARDS` executors; shard `caller` creates `topic`; returns every shard's view of it
 /// as (shard id, partition shards) once all shards are done.
 fn run_cluster(
+    data_dir: &std::path::Path,
     store: MetaStore,
     image: MetadataImage,
     caller: usize,
@@ -33,6 +34,8 @@ fn run_cluster(
 ) -> Vec<(usize, Option<Vec<u32>>)> {
     let mut config = Config::resolve(Args::default()).unwrap();
     config.smp = SHARDS;
+    config.data_dir = data_dir.to_path_buf();
+    let sentinel = spate_storage::dma::prepare_sentinel(data_dir).unwrap();
     let builder = mesh::builder(SHARDS);
     let views = Arc::new(Mutex::new(Vec::new()));
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -41,7 +44,7 @@ fn run_cluster(
         .io_memory(256 << 10)
         .on_all_shards(move || async move {
             let (id, mesh, io) = mesh::join(builder).await.unwrap();
-            let shard = std::rc::Rc::new(Shard::new(config, image, mesh, store));
+            let shard = std::rc::Rc::new(Shard::new(config, image, mesh, store, sentinel));
             mesh::start(shard.clone(), io);
             if id == caller {
                 let resp = shard
@@ -89,12 +92,26 @@ fn run_cluster(
     v
 }
 
+/// Partition logs need O_DIRECT: keep test data on the real disk (the target dir), not tmpfs.
+fn data_dir() -> tempfile::TempDir {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/broker-tests");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
 #[test]
 fn a_change_from_any_shard_is_applied_everywhere_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (store, rec, thread) = MetaStore::open(dir.path()).unwrap();
     assert!(rec.controller_log.is_empty());
-    let views = run_cluster(store.clone(), MetadataImage::new(SHARDS), 2, "orders");
+    let data = data_dir();
+    let views = run_cluster(
+        data.path(),
+        store.clone(),
+        MetadataImage::new(SHARDS),
+        2,
+        "orders",
+    );
     assert_eq!(views.len(), SHARDS);
     for (shard, partitions) in &views {
         let partitions = partitions

@@ -125,3 +125,33 @@ where
         }
     }
 }
+
+/// [`serve`] for handlers that may send no response (acks=0 produce).
+pub async fn serve_opt<Req, Resp, F, Fut>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    mut body: Bytes,
+    handler: F,
+) -> Reply
+where
+    Req: Decodable,
+    Resp: Encodable,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Option<Resp>>,
+{
+    let req = match Req::decode(&mut body, version) {
+        Ok(r) => r,
+        Err(e) => return Reply::Close(format!("malformed {key:?} v{version} request: {e}")),
+    };
+    let Some(resp) = handler(req).await else {
+        return Reply::Nothing;
+    };
+    match encode_response(correlation_id, key, version, &resp) {
+        Ok(frame) => Reply::Frame(frame),
+        Err(e) => {
+            error!(error = %e, "could not encode response");
+            Reply::Close(e.to_string())
+        }
+    }
+}

@@ -5,6 +5,9 @@ use kafka_protocol::protocol::VersionRange;
 
 /// `(api, min, max)`. A version is listed only when its handler serves it completely.
 pub static APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),

@@ -6,6 +6,11 @@
 pub mod mesh;
 
 use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spate_storage::log::batch::RecordBatch;
 
 use glommio::sync::Semaphore;
 use kafka_protocol::ResponseError;
@@ -18,13 +23,57 @@ use crate::metadata::controller::{
     plan, ControllerCtx, ControllerRequest, ControllerResponse, KError,
 };
 use crate::metadata::{MetadataImage, MetadataRecord};
+use crate::partition::{PartitionKey, PartitionManager};
 use mesh::Mesh;
 
 /// The shard that runs the controller.
 pub const CONTROLLER_SHARD: usize = 0;
 
+/// One partition's batch in a produce, already validated by the connection's shard.
+pub struct ProduceItem {
+    pub key: PartitionKey,
+    pub batch: RecordBatch,
+}
+
+/// Outcome of one [`ProduceItem`].
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceOutcome {
+    pub error: ResponseError,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// One partition of a fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchItem {
+    pub key: PartitionKey,
+    pub offset: i64,
+    pub max_bytes: usize,
+}
+
+/// Outcome of one [`FetchItem`].
+#[derive(Debug, Clone)]
+pub struct FetchOutcome {
+    pub error: ResponseError,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
 /// Requests one shard sends another.
 pub enum ShardRequest {
+    /// Append batches to partitions this shard owns; answered when durable (`wait`) or at once.
+    Produce { items: Vec<ProduceItem>, wait: bool },
+    /// Read from partitions this shard owns.
+    Fetch { items: Vec<FetchItem> },
+    /// Answer once any listed partition's high watermark passes the given one, or at the
+    /// deadline.
+    WaitHighWatermark {
+        items: Vec<(PartitionKey, i64)>,
+        max_wait: Duration,
+    },
+    /// `(partition, timestamp)`: -2 earliest, -1 latest.
+    ListOffsets { items: Vec<(PartitionKey, i64)> },
     /// A metadata change, for the controller shard.
     Controller(ControllerRequest),
     /// A committed controller-log entry to apply to this shard's image.
@@ -37,6 +86,11 @@ pub enum ShardRequest {
 pub enum ShardResponse {
     Controller(ControllerResponse),
     Applied,
+    Produced(Vec<ProduceOutcome>),
+    Fetched(Vec<FetchOutcome>),
+    Woken,
+    /// `(error, offset)` per item.
+    Offsets(Vec<(ResponseError, i64)>),
 }
 
 pub struct Shard {
@@ -51,11 +105,20 @@ pub struct Shard {
     pub shutdown: Shutdown,
     /// Open Kafka connections on this shard.
     pub connections: Cell<usize>,
+    /// The partitions this shard owns.
+    pub partitions: PartitionManager,
 }
 
 impl Shard {
-    pub fn new(config: Config, image: MetadataImage, mesh: Mesh, store: MetaStore) -> Shard {
+    pub fn new(
+        config: Config,
+        image: MetadataImage,
+        mesh: Mesh,
+        store: MetaStore,
+        sentinel: PathBuf,
+    ) -> Shard {
         Shard {
+            partitions: PartitionManager::new(mesh.shard_id(), &config.data_dir, sentinel),
             id: mesh.shard_id(),
             config,
             image: RefCell::new(image),
@@ -65,6 +128,27 @@ impl Shard {
             shutdown: Shutdown::default(),
             connections: Cell::new(0),
         }
+    }
+
+    /// Applies a committed controller-log entry to this shard's image and opens or deletes
+    /// the partitions it now owns or no longer owns.
+    pub async fn apply(&self, index: u64, records: &[MetadataRecord]) {
+        self.image.borrow_mut().apply(index, records);
+        let image = self.image.borrow().clone();
+        self.partitions
+            .reconcile(&image, self.mesh.nr_shards())
+            .await;
+    }
+
+    /// Sends `req` to shard `to`, or serves it here when `to` is this shard.
+    pub async fn call(&self, to: usize, req: ShardRequest) -> Result<ShardResponse, KError> {
+        if to == self.id {
+            return Ok(handle_shard_request(self, req).await);
+        }
+        self.mesh
+            .call(to, req)
+            .await
+            .map_err(|e| KError::new(ResponseError::NotLeaderOrFollower, e.to_string()))
     }
 
     pub fn controller_ctx(&self) -> ControllerCtx {
@@ -87,7 +171,7 @@ impl Shard {
             .await
         {
             Ok(ShardResponse::Controller(r)) => Ok(r),
-            Ok(ShardResponse::Applied) => Err(KError::new(
+            Ok(_) => Err(KError::new(
                 ResponseError::UnknownServerError,
                 "controller answered with the wrong response type",
             )),
@@ -122,7 +206,7 @@ impl Shard {
                 ));
             }
         };
-        self.image.borrow_mut().apply(index, &records);
+        self.apply(index, &records).await;
         for shard in 0..self.mesh.nr_shards() {
             if shard == self.id {
                 continue;
@@ -149,8 +233,21 @@ pub async fn handle_shard_request(shard: &Shard, req: ShardRequest) -> ShardResp
                 .await,
         ),
         ShardRequest::Apply { index, records } => {
-            shard.image.borrow_mut().apply(index, &records);
+            shard.apply(index, &records).await;
             ShardResponse::Applied
+        }
+        ShardRequest::Produce { items, wait } => {
+            ShardResponse::Produced(crate::data::produce_local(shard, items, wait).await)
+        }
+        ShardRequest::Fetch { items } => {
+            ShardResponse::Fetched(crate::data::fetch_local(shard, items).await)
+        }
+        ShardRequest::WaitHighWatermark { items, max_wait } => {
+            crate::data::wait_local(shard, items, max_wait).await;
+            ShardResponse::Woken
+        }
+        ShardRequest::ListOffsets { items } => {
+            ShardResponse::Offsets(crate::data::list_offsets_local(shard, items))
         }
     }
 }

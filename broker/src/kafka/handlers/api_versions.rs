@@ -71,9 +71,16 @@ mod tests {
     fn response_lists_exactly_the_registry() {
         let r = response(0);
         assert_eq!(r.api_keys.len(), APIS.len());
+        // Not implemented, so not advertised.
         assert!(r
             .api_keys
             .iter()
-            .all(|k| k.api_key != ApiKey::Produce as i16));
+            .all(|k| k.api_key != ApiKey::InitProducerId as i16));
+        let produce = r
+            .api_keys
+            .iter()
+            .find(|k| k.api_key == ApiKey::Produce as i16)
+            .unwrap();
+        assert_eq!((produce.min_version, produce.max_version), (3, 12));
     }
 }

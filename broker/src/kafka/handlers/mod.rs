@@ -8,14 +8,17 @@ pub mod create_topics;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod fetch;
+pub mod list_offsets;
 pub mod metadata;
+pub mod produce;
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use spate_net::conn::Reply;
 
-use super::{serve, Ctx};
+use super::{serve, serve_opt, Ctx};
 use crate::metadata::controller::KError;
 
 pub(crate) fn s(v: impl Into<String>) -> StrBytes {
@@ -33,6 +36,24 @@ pub async fn route(ctx: Ctx, key: ApiKey, corr: i32, body: Bytes) -> Reply {
         ApiKey::ApiVersions => {
             serve(key, v, corr, body, |r: ApiVersionsRequest| async move {
                 api_versions::handle(&ctx, r)
+            })
+            .await
+        }
+        ApiKey::Produce => {
+            serve_opt(key, v, corr, body, |r: ProduceRequest| async move {
+                produce::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::Fetch => {
+            serve(key, v, corr, body, |r: FetchRequest| async move {
+                fetch::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::ListOffsets => {
+            serve(key, v, corr, body, |r: ListOffsetsRequest| async move {
+                list_offsets::handle(&ctx, r).await
             })
             .await
         }

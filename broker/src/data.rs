@@ -1,0 +1,228 @@
+//! The data path between a connection's shard and the partitions' owning shards: produce,
+//! fetch, long-poll waits and offset lookups, batched per destination shard.
+//!
+//! `*_local` functions run on the owning shard; the others run on the connection's shard and
+//! fan out over the mesh (or call the local function directly when the owner is this shard).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use tracing::warn;
+
+use crate::partition::PartitionKey;
+use crate::shard::{
+    FetchItem, FetchOutcome, ProduceItem, ProduceOutcome, Shard, ShardRequest, ShardResponse,
+};
+
+/// Appends on the owning shard, in request order; with `wait`, answers once every appended
+/// batch is durable.
+pub async fn produce_local(
+    shard: &Shard,
+    items: Vec<ProduceItem>,
+    wait: bool,
+) -> Vec<ProduceOutcome> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut waiters = Vec::new();
+    for item in items {
+        let Some(p) = shard.partitions.get(&item.key) else {
+            out.push(ProduceOutcome {
+                error: ResponseError::NotLeaderOrFollower,
+                base_offset: -1,
+                log_start_offset: -1,
+            });
+            waiters.push(None);
+            continue;
+        };
+        match p.append(&item.batch) {
+            Ok((base_offset, waiter)) => {
+                out.push(ProduceOutcome {
+                    error: ResponseError::Unknown(0),
+                    base_offset,
+                    log_start_offset: p.log_start_offset(),
+                });
+                waiters.push(Some(waiter));
+            }
+            Err(e) => {
+                warn!(topic = %p.topic, partition = item.key.1, error = %e, "append failed");
+                out.push(ProduceOutcome {
+                    error: ResponseError::KafkaStorageError,
+                    base_offset: -1,
+                    log_start_offset: -1,
+                });
+                waiters.push(None);
+            }
+        }
+    }
+    if wait {
+        for (o, w) in out.iter_mut().zip(waiters) {
+            if let Some(w) = w {
+                if let Err(e) = w.await {
+                    warn!(error = %e, "batch did not become durable");
+                    o.error = ResponseError::KafkaStorageError;
+                    o.base_offset = -1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads on the owning shard; a partition gets at least one batch while nothing has been
+/// read yet (Kafka's rule, so a large batch cannot block a consumer).
+pub async fn fetch_local(shard: &Shard, items: Vec<FetchItem>) -> Vec<FetchOutcome> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut any = false;
+    for item in items {
+        let Some(p) = shard.partitions.get(&item.key) else {
+            out.push(FetchOutcome {
+                error: ResponseError::NotLeaderOrFollower,
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Default::default(),
+            });
+            continue;
+        };
+        let (start, hw, end) = (p.log_start_offset(), p.high_watermark(), p.log_end_offset());
+        if item.offset < start || item.offset > end {
+            out.push(FetchOutcome {
+                error: ResponseError::OffsetOutOfRange,
+                high_watermark: hw,
+                log_start_offset: start,
+                records: Default::default(),
+            });
+            continue;
+        }
+        let (error, records) = match p.read(item.offset, item.max_bytes, !any).await {
+            Ok(r) => (ResponseError::Unknown(0), r),
+            Err(e) => {
+                warn!(topic = %p.topic, partition = item.key.1, error = %e, "read failed");
+                (ResponseError::KafkaStorageError, Default::default())
+            }
+        };
+        any |= !records.is_empty();
+        out.push(FetchOutcome {
+            error,
+            high_watermark: hw,
+            log_start_offset: start,
+            records,
+        });
+    }
+    out
+}
+
+/// Parks on the owning shard until one of the partitions' high watermark passes the given
+/// value, or `max_wait` elapses.
+pub async fn wait_local(shard: &Shard, items: Vec<(PartitionKey, i64)>, max_wait: Duration) {
+    let parts: Vec<_> = items
+        .iter()
+        .filter_map(|(k, hw)| shard.partitions.get(k).map(|p| (p, *hw)))
+        .collect();
+    if parts.is_empty() {
+        return;
+    }
+    let any_moved = async {
+        let (tx, rx) = glommio::channels::local_channel::new_bounded::<()>(1);
+        let tx = Rc::new(tx);
+        let tasks: Vec<_> = parts
+            .into_iter()
+            .map(|(p, hw)| {
+                let tx = tx.clone();
+                glommio::spawn_local(async move {
+                    p.wait_hw_above(hw).await;
+                    let _ = tx.try_send(());
+                })
+            })
+            .collect();
+        let _ = rx.recv().await;
+        drop(tasks);
+    };
+    let _ = glommio::timer::timeout(max_wait, async {
+        any_moved.await;
+        Ok(())
+    })
+    .await;
+}
+
+pub fn list_offsets_local(
+    shard: &Shard,
+    items: Vec<(PartitionKey, i64)>,
+) -> Vec<(ResponseError, i64)> {
+    items
+        .into_iter()
+        .map(|(k, ts)| match shard.partitions.get(&k) {
+            None => (ResponseError::NotLeaderOrFollower, -1),
+            Some(p) => match ts {
+                -2 => (ResponseError::Unknown(0), p.log_start_offset()),
+                -1 => (ResponseError::Unknown(0), p.high_watermark()),
+                _ => (ResponseError::UnsupportedForMessageFormat, -1),
+            },
+        })
+        .collect()
+}
+
+/// Groups `(slot, item)` pairs by owning shard.
+pub fn by_shard<T>(items: Vec<(usize, usize, T)>) -> BTreeMap<usize, Vec<(usize, T)>> {
+    let mut m: BTreeMap<usize, Vec<(usize, T)>> = BTreeMap::new();
+    for (shard, slot, item) in items {
+        m.entry(shard).or_default().push((slot, item));
+    }
+    m
+}
+
+/// Sends one request per destination shard, all at once, and returns the responses in
+/// `dests` order.
+pub async fn fan_out(
+    shard: &Rc<Shard>,
+    requests: Vec<(usize, ShardRequest)>,
+) -> Vec<Result<ShardResponse, crate::metadata::controller::KError>> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(to, req)| {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.call(to, req).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await);
+    }
+    out
+}
+
+/// Waits until any listed partition (on any shard) passes its high watermark, or until
+/// `deadline`.
+pub async fn wait_any(
+    shard: &Rc<Shard>,
+    by_owner: BTreeMap<usize, Vec<(PartitionKey, i64)>>,
+    deadline: Instant,
+) {
+    let now = Instant::now();
+    if deadline <= now || by_owner.is_empty() {
+        return;
+    }
+    let max_wait = deadline - now;
+    let (tx, rx) = glommio::channels::local_channel::new_bounded::<()>(1);
+    let tx = Rc::new(tx);
+    let mut tasks = Vec::new();
+    for (to, items) in by_owner {
+        let shard = shard.clone();
+        let tx = tx.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let _ = shard
+                .call(to, ShardRequest::WaitHighWatermark { items, max_wait })
+                .await;
+            let _ = tx.try_send(());
+        }));
+    }
+    let _ = glommio::timer::timeout(max_wait, async {
+        let _ = rx.recv().await;
+        Ok(())
+    })
+    .await;
+    // Remote waits still parked end by their own deadline; their answers are ignored.
+    for t in tasks {
+        t.detach();
+    }
+}

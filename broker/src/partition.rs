@@ -1,0 +1,297 @@
+//! The partitions a shard owns: their logs, flushing, and the reads and waits of the data
+//! path.
+//!
+//! Lives on every shard; a partition lives on exactly one shard (its owner in the metadata
+//! image) and is only touched there. Until Raft arrives (a group of one per partition), the
+//! high watermark is the durable end of the local log: acks=1 and acks=all both answer once
+//! the batch is fdatasynced.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spate_storage::log::batch::{BatchHeader, RecordBatch};
+use spate_storage::log::file::DmaDir;
+use spate_storage::log::{LogConfig, LogError, PartitionLog};
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::metadata::MetadataImage;
+
+/// Identifies a partition on the data path (topic ids survive renames and deletes+recreates).
+pub type PartitionKey = (Uuid, i32);
+
+/// Term used until partitions run through Raft (the leader epoch stamped into batches).
+pub const SINGLE_NODE_TERM: u64 = 0;
+
+pub struct Partition {
+    pub key: PartitionKey,
+    pub topic: String,
+    log: RefCell<PartitionLog<DmaDir>>,
+    dir: DmaDir,
+    flushing: Cell<bool>,
+    /// Fetches parked until the high watermark moves.
+    hw_waiters: RefCell<Vec<Waker>>,
+    deleted: Cell<bool>,
+}
+
+impl Partition {
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.borrow().log_start_offset() as i64
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.borrow().log_end_offset() as i64
+    }
+
+    /// The offset up to which records are visible (durable, and — with Raft — committed).
+    pub fn high_watermark(&self) -> i64 {
+        self.log.borrow().committed_offset() as i64
+    }
+
+    /// Appends a validated batch; returns its base offset and a future that resolves once
+    /// it is durable.
+    pub fn append(
+        self: &Rc<Self>,
+        batch: &RecordBatch,
+    ) -> Result<(i64, spate_storage::log::DurableWaiter), LogError> {
+        let mut log = self.log.borrow_mut();
+        let appended = log.append(batch, SINGLE_NODE_TERM)?;
+        let waiter = log.wait_durable(appended.last_offset + 1);
+        drop(log);
+        self.schedule_flush();
+        Ok((appended.base_offset as i64, waiter))
+    }
+
+    /// Starts the partition's flush loop unless it runs: each round takes everything appended
+    /// so far into one write and one fdatasync (group commit).
+    fn schedule_flush(self: &Rc<Self>) {
+        if self.flushing.replace(true) {
+            return;
+        }
+        let p = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let job = match p.log.borrow_mut().start_flush() {
+                    Ok(Some(job)) => job,
+                    Ok(None) => break,
+                    Err(e) => {
+                        error!(topic = %p.topic, partition = p.key.1, error = %e, "flush failed");
+                        break;
+                    }
+                };
+                let written = job.write().await;
+                let written = match p.log.borrow_mut().finish_write(written) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        error!(topic = %p.topic, partition = p.key.1, error = %e, "write failed");
+                        break;
+                    }
+                };
+                let synced = written.sync().await;
+                if let Err(e) = p.log.borrow_mut().finish_sync(synced) {
+                    error!(topic = %p.topic, partition = p.key.1, error = %e, "fdatasync failed");
+                    break;
+                }
+                p.wake_fetchers();
+            }
+            p.flushing.set(false);
+        })
+        .detach();
+    }
+
+    fn wake_fetchers(&self) {
+        for w in self.hw_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Resolves when the high watermark moves past `seen` (or the partition is deleted).
+    pub async fn wait_hw_above(&self, seen: i64) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.deleted.get() || self.high_watermark() > seen {
+                std::task::Poll::Ready(())
+            } else {
+                self.hw_waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Whole batches from `offset`, below the high watermark, up to `max_bytes` (but at least
+    /// one batch when `min_one`).
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Bytes, LogError> {
+        let hw = self.high_watermark();
+        if offset >= hw {
+            return Ok(Bytes::new());
+        }
+        let plan = self.log.borrow().plan_read(
+            offset as u64,
+            if min_one { max_bytes.max(1) } else { max_bytes },
+        )?;
+        let read = plan.run().await?;
+        // Cut at the high watermark and, unless the first batch alone is over the limit and
+        // `min_one` allows it, at `max_bytes` — always at batch boundaries.
+        let bytes = read.bytes;
+        let mut end = 0usize;
+        while end < bytes.len() {
+            let Ok(h) = BatchHeader::decode(&bytes[end..]) else {
+                break;
+            };
+            let next = end + h.total_len();
+            if next > bytes.len()
+                || h.base_offset >= hw
+                || (next > max_bytes && !(end == 0 && min_one))
+            {
+                break;
+            }
+            end = next;
+        }
+        Ok(bytes.slice(..end))
+    }
+}
+
+/// The partitions of one shard.
+pub struct PartitionManager {
+    shard: usize,
+    root: PathBuf,
+    sentinel: PathBuf,
+    partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+}
+
+/// Where partition `key`'s segments live.
+pub fn partition_dir(root: &Path, key: &PartitionKey) -> PathBuf {
+    root.join(format!("{}-{}", key.0, key.1))
+}
+
+impl PartitionManager {
+    pub fn new(shard: usize, data_dir: &Path, sentinel: PathBuf) -> Self {
+        PartitionManager {
+            shard,
+            root: data_dir.join("partitions"),
+            sentinel,
+            partitions: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, key: &PartitionKey) -> Option<Rc<Partition>> {
+        self.partitions.borrow().get(key).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.partitions.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes the open partitions match what the image says this shard owns: opens (and
+    /// recovers) new ones, closes and deletes removed ones.
+    pub async fn reconcile(&self, image: &MetadataImage, nr_shards: usize) {
+        let mut wanted: HashMap<PartitionKey, String> = HashMap::new();
+        for t in image.topics.values() {
+            for (p, shard) in t.partition_shards.iter().enumerate() {
+                if (*shard as usize) % nr_shards == self.shard {
+                    wanted.insert((t.id, p as i32), t.name.clone());
+                }
+            }
+        }
+        let gone: Vec<PartitionKey> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            let Some(p) = self.partitions.borrow_mut().remove(&key) else {
+                continue;
+            };
+            p.deleted.set(true);
+            p.wake_fetchers();
+            let path = partition_dir(&self.root, &key);
+            let removed = glommio::executor()
+                .spawn_blocking(move || std::fs::remove_dir_all(&path))
+                .await;
+            match removed {
+                Ok(()) => info!(topic = %p.topic, partition = key.1, "partition deleted"),
+                Err(e) => {
+                    warn!(topic = %p.topic, partition = key.1, error = %e, "removing partition files")
+                }
+            }
+        }
+        let missing: Vec<(PartitionKey, String)> = wanted
+            .into_iter()
+            .filter(|(k, _)| !self.partitions.borrow().contains_key(k))
+            .collect();
+        for (key, topic) in missing {
+            match self.open(key, &topic).await {
+                Ok(p) => {
+                    self.partitions.borrow_mut().insert(key, p);
+                }
+                Err(e) => error!(%topic, partition = key.1, error = %e, "opening partition failed"),
+            }
+        }
+    }
+
+    async fn open(&self, key: PartitionKey, topic: &str) -> Result<Rc<Partition>, String> {
+        let path = partition_dir(&self.root, &key);
+        let dir = DmaDir::open(&path, &self.sentinel)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let config = LogConfig {
+            // Batches up to the frame limit are accepted here; the topic's max.message.bytes
+            // is checked by the produce handler.
+            max_batch_bytes: crate::limits::REQUEST_FRAME_BYTES_MAX,
+            ..LogConfig::default()
+        };
+        let (log, report) = PartitionLog::open(dir.clone(), config)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = &report.truncated {
+            warn!(%topic, partition = key.1, truncation = ?t, "recovery truncated a corrupt or torn tail");
+        }
+        Ok(Rc::new(Partition {
+            key,
+            topic: topic.to_string(),
+            log: RefCell::new(log),
+            dir,
+            flushing: Cell::new(false),
+            hw_waiters: RefCell::new(Vec::new()),
+            deleted: Cell::new(false),
+        }))
+    }
+
+    /// Flushes and closes every partition (shutdown).
+    pub async fn close_all(&self) {
+        let all: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in all {
+            // Wait out a running flush loop, then flush what is left.
+            while p.flushing.get() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let Ok(p) = Rc::try_unwrap(p) else { continue };
+            let log = p.log.into_inner();
+            if let Err(e) = log.close().await {
+                warn!(topic = %p.topic, partition = p.key.1, error = %e, "closing partition log");
+            }
+            let _ = p.dir.close().await;
+        }
+    }
+}
