@@ -74,6 +74,9 @@ async fn handle_frame(shard: Rc<Shard>, peer: SocketAddr, mut frame: Bytes) -> R
         Ok(h) => h,
         Err(e) => return Reply::Close(e.to_string()),
     };
+    if key == ApiKey::Produce && version < handlers::produce::SERVED_VERSION_MIN {
+        return handlers::produce::legacy_unsupported(raw.correlation_id, version, &frame);
+    }
     let ctx = Ctx {
         shard,
         version,

@@ -24,6 +24,10 @@ use crate::kafka::Ctx;
 use crate::metadata::configs::topic_config;
 use crate::shard::{ProduceItem, ShardRequest, ShardResponse};
 
+/// Produce versions below this are advertised but answered UNSUPPORTED_VERSION (see
+/// [`legacy_unsupported`]).
+pub const SERVED_VERSION_MIN: i16 = 3;
+
 /// Attribute bit of a v2 batch: timestamps are the broker's append time.
 const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 /// Attribute bit of a v2 batch: part of a transaction.
@@ -243,4 +247,137 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
         })
         .collect();
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// Produce v0–v2 are advertised (Kafka 4 does the same, KAFKA-18659: librdkafka enables
+/// gzip/snappy/lz4 only when the broker lists Produce v0) but not served: such a request gets
+/// UNSUPPORTED_VERSION for every partition. kafka-protocol cannot decode these versions, so
+/// the request is read and the response written by hand (the layout is the v3 one without
+/// `transactional_id`; responses add `throttle_time_ms` from v1 and `log_append_time` from v2).
+pub fn legacy_unsupported(
+    correlation_id: i32,
+    version: i16,
+    body: &[u8],
+) -> spate_net::conn::Reply {
+    use bytes::BufMut;
+    use spate_net::conn::Reply;
+
+    struct R<'a>(&'a [u8]);
+    impl R<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Some(a)
+        }
+        fn i16(&mut self) -> Option<i16> {
+            self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
+        }
+        fn i32(&mut self) -> Option<i32> {
+            self.take(4)
+                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        fn count(&mut self) -> Option<usize> {
+            let n = self.i32()?;
+            // Every element takes at least one byte: a larger count is malformed.
+            usize::try_from(n).ok().filter(|n| *n <= self.0.len())
+        }
+    }
+    let parse = || -> Option<(i16, Vec<(Vec<u8>, Vec<i32>)>)> {
+        let mut r = R(body);
+        let acks = r.i16()?;
+        r.i32()?; // timeout
+        let mut topics = Vec::new();
+        for _ in 0..r.count()? {
+            let len = usize::try_from(r.i16()?).ok()?;
+            let name = r.take(len)?.to_vec();
+            let mut partitions = Vec::new();
+            for _ in 0..r.count()? {
+                partitions.push(r.i32()?);
+                let records = r.i32()?;
+                if records > 0 {
+                    r.take(records as usize)?;
+                }
+            }
+            topics.push((name, partitions));
+        }
+        Some((acks, topics))
+    };
+    let Some((acks, topics)) = parse() else {
+        return Reply::Close(format!("malformed Produce v{version} request"));
+    };
+    if acks == 0 {
+        return Reply::Nothing;
+    }
+    let mut b = BytesMut::new();
+    b.put_i32(0); // size, patched below
+    b.put_i32(correlation_id);
+    b.put_i32(topics.len() as i32);
+    for (name, partitions) in topics {
+        b.put_i16(name.len() as i16);
+        b.put_slice(&name);
+        b.put_i32(partitions.len() as i32);
+        for p in partitions {
+            b.put_i32(p);
+            b.put_i16(ResponseError::UnsupportedVersion.code());
+            b.put_i64(-1);
+            if version >= 2 {
+                b.put_i64(-1);
+            }
+        }
+    }
+    if version >= 1 {
+        b.put_i32(0);
+    }
+    let size = (b.len() - 4) as i32;
+    b[0..4].copy_from_slice(&size.to_be_bytes());
+    Reply::Frame(b.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+    use spate_net::conn::Reply;
+
+    #[test]
+    fn produce_v0_to_v2_get_unsupported_version_per_partition() {
+        let mut req = BytesMut::new();
+        req.put_i16(1); // acks
+        req.put_i32(1000);
+        req.put_i32(1); // one topic
+        req.put_i16(1);
+        req.put_slice(b"t");
+        req.put_i32(2); // two partitions
+        for p in [0, 1] {
+            req.put_i32(p);
+            req.put_i32(3);
+            req.put_slice(b"abc");
+        }
+        for version in 0..3 {
+            let Reply::Frame(f) = legacy_unsupported(7, version, &req) else {
+                panic!("expected a response")
+            };
+            let size = i32::from_be_bytes(f[0..4].try_into().unwrap()) as usize;
+            assert_eq!(size, f.len() - 4);
+            assert_eq!(i32::from_be_bytes(f[4..8].try_into().unwrap()), 7);
+            // topics(1) name(t) partitions(2) [index, error]
+            assert_eq!(&f[8..12], &1i32.to_be_bytes());
+            assert_eq!(&f[12..15], &[0, 1, b't']);
+            assert_eq!(i16::from_be_bytes(f[23..25].try_into().unwrap()), 35);
+            let per_partition = if version >= 2 { 22 } else { 14 };
+            let tail = if version >= 1 { 4 } else { 0 };
+            assert_eq!(f.len(), 19 + 2 * per_partition + tail);
+        }
+        // acks=0: no response; truncated: close.
+        let mut zero = req.clone();
+        zero[0..2].copy_from_slice(&0i16.to_be_bytes());
+        assert!(matches!(legacy_unsupported(1, 1, &zero), Reply::Nothing));
+        assert!(matches!(
+            legacy_unsupported(1, 1, &req[..10]),
+            Reply::Close(_)
+        ));
+    }
 }
