@@ -285,7 +285,9 @@ pub fn legacy_unsupported(
             usize::try_from(n).ok().filter(|n| *n <= self.0.len())
         }
     }
-    let parse = || -> Option<(i16, Vec<(Vec<u8>, Vec<i32>)>)> {
+    /// `(acks, [(topic name, [partition])])`
+    type Legacy = (i16, Vec<(Vec<u8>, Vec<i32>)>);
+    let parse = || -> Option<Legacy> {
         let mut r = R(body);
         let acks = r.i16()?;
         r.i32()?; // timeout
