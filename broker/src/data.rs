@@ -44,10 +44,12 @@ pub async fn produce_local(
                 });
                 waiters.push(Some(waiter));
             }
-            Err(e) => {
-                warn!(topic = %p.topic, partition = item.key.1, error = %e, "append failed");
+            Err((error, why)) => {
+                if error == ResponseError::KafkaStorageError {
+                    warn!(topic = %p.topic, partition = item.key.1, error = %why, "append failed");
+                }
                 out.push(ProduceOutcome {
-                    error: ResponseError::KafkaStorageError,
+                    error,
                     base_offset: -1,
                     log_start_offset: -1,
                 });
@@ -86,10 +88,11 @@ pub async fn fetch_local(shard: &Shard, items: Vec<FetchItem>) -> Vec<FetchOutco
         };
         let (start, hw, end) = (p.log_start_offset(), p.high_watermark(), p.log_end_offset());
         if item.offset < start || item.offset > end {
+            // Kafka reports no offsets with OFFSET_OUT_OF_RANGE.
             out.push(FetchOutcome {
                 error: ResponseError::OffsetOutOfRange,
-                high_watermark: hw,
-                log_start_offset: start,
+                high_watermark: -1,
+                log_start_offset: -1,
                 records: Default::default(),
             });
             continue;

@@ -9,5 +9,6 @@ pub mod limits;
 pub mod metadata;
 pub mod node;
 pub mod partition;
+pub mod producer_state;
 pub mod rt;
 pub mod shard;

@@ -14,13 +14,15 @@ use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::ResponseError;
 use spate_storage::log::batch::{BatchHeader, RecordBatch};
 use spate_storage::log::file::DmaDir;
-use spate_storage::log::{LogConfig, LogError, PartitionLog};
+use spate_storage::log::{DurableWaiter, LogConfig, LogError, PartitionLog};
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::metadata::MetadataImage;
+use crate::producer_state::{last_seq, BatchSeq, ProducerStates, SeqCheck};
 
 /// Identifies a partition on the data path (topic ids survive renames and deletes+recreates).
 pub type PartitionKey = (Uuid, i32);
@@ -34,6 +36,7 @@ pub struct Partition {
     log: RefCell<PartitionLog<DmaDir>>,
     dir: DmaDir,
     flushing: Cell<bool>,
+    producers: RefCell<ProducerStates>,
     /// Fetches parked until the high watermark moves.
     hw_waiters: RefCell<Vec<Waker>>,
     deleted: Cell<bool>,
@@ -53,18 +56,91 @@ impl Partition {
         self.log.borrow().committed_offset() as i64
     }
 
-    /// Appends a validated batch; returns its base offset and a future that resolves once
-    /// it is durable.
+    /// Appends a validated batch — or, for an idempotent producer's retry, finds the original
+    /// — and returns its base offset and a future that resolves once it is durable.
     pub fn append(
         self: &Rc<Self>,
         batch: &RecordBatch,
-    ) -> Result<(i64, spate_storage::log::DurableWaiter), LogError> {
+    ) -> Result<(i64, DurableWaiter), (ResponseError, String)> {
+        let h = *batch.header();
+        let idempotent = h.producer_id >= 0;
+        let (first, last) = (
+            h.base_sequence,
+            last_seq(h.base_sequence, h.last_offset_delta),
+        );
+        if idempotent {
+            match self
+                .producers
+                .borrow()
+                .check(h.producer_id, h.producer_epoch, first, last)
+            {
+                SeqCheck::Append => {}
+                SeqCheck::Duplicate {
+                    base_offset,
+                    last_offset,
+                } => {
+                    let waiter = self.log.borrow_mut().wait_durable(last_offset as u64 + 1);
+                    return Ok((base_offset, waiter));
+                }
+                SeqCheck::Reject(e, why) => return Err((e, why)),
+            }
+        }
         let mut log = self.log.borrow_mut();
-        let appended = log.append(batch, SINGLE_NODE_TERM)?;
+        let appended = log
+            .append(batch, SINGLE_NODE_TERM)
+            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
         let waiter = log.wait_durable(appended.last_offset + 1);
         drop(log);
+        if idempotent {
+            self.producers.borrow_mut().record(
+                h.producer_id,
+                h.producer_epoch,
+                BatchSeq {
+                    first_seq: first,
+                    last_seq: last,
+                    base_offset: appended.base_offset as i64,
+                    last_offset: appended.last_offset as i64,
+                },
+            );
+        }
         self.schedule_flush();
         Ok((appended.base_offset as i64, waiter))
+    }
+
+    /// Rebuilds the idempotent-producer state from the batch headers in the log.
+    async fn rebuild_producer_state(&self) -> Result<(), LogError> {
+        let mut offset = self.log.borrow().log_start_offset();
+        let end = self.log.borrow().stable_offset();
+        while offset < end {
+            let plan = self.log.borrow().plan_read(offset, 1 << 20)?;
+            let read = plan.run().await?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            let mut at = 0;
+            while at < read.bytes.len() {
+                let Ok(h) = BatchHeader::decode(&read.bytes[at..]) else {
+                    break;
+                };
+                if h.producer_id >= 0 {
+                    let first = h.base_sequence;
+                    self.producers.borrow_mut().record(
+                        h.producer_id,
+                        h.producer_epoch,
+                        BatchSeq {
+                            first_seq: first,
+                            last_seq: last_seq(first, h.last_offset_delta),
+                            base_offset: h.base_offset,
+                            last_offset: h.last_offset(),
+                        },
+                    );
+                }
+                at += h.total_len();
+            }
+            offset = read.next_offset;
+            glommio::yield_if_needed().await;
+        }
+        Ok(())
     }
 
     /// Starts the partition's flush loop unless it runs: each round takes everything appended
@@ -262,15 +338,20 @@ impl PartitionManager {
         if let Some(t) = &report.truncated {
             warn!(%topic, partition = key.1, truncation = ?t, "recovery truncated a corrupt or torn tail");
         }
-        Ok(Rc::new(Partition {
+        let p = Rc::new(Partition {
             key,
             topic: topic.to_string(),
             log: RefCell::new(log),
             dir,
             flushing: Cell::new(false),
+            producers: RefCell::new(ProducerStates::default()),
             hw_waiters: RefCell::new(Vec::new()),
             deleted: Cell::new(false),
-        }))
+        });
+        p.rebuild_producer_state()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(p)
     }
 
     /// Flushes and closes every partition (shutdown).

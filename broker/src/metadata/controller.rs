@@ -127,6 +127,11 @@ pub enum ControllerRequest {
         incremental: bool,
         validate_only: bool,
     },
+    /// A producer id for an idempotent producer; with `existing`, bump that producer's epoch
+    /// (KIP-360) or, when the epoch is exhausted, hand out a new id.
+    InitProducerId {
+        existing: Option<(i64, i16)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +140,7 @@ pub enum ControllerResponse {
     DeleteTopics(DeleteResults),
     CreatePartitions(Vec<Result<(), KError>>),
     AlterConfigs(Vec<Result<(), KError>>),
+    ProducerId(Result<(i64, i16), KError>),
 }
 
 impl ControllerResponse {
@@ -152,6 +158,9 @@ impl ControllerResponse {
                 ControllerResponse::CreatePartitions(f(v, err))
             }
             ControllerResponse::AlterConfigs(v) => ControllerResponse::AlterConfigs(f(v, err)),
+            ControllerResponse::ProducerId(r) => {
+                ControllerResponse::ProducerId(r.and_then(|_| Err(err.clone())))
+            }
         }
     }
 }
@@ -190,6 +199,13 @@ pub fn plan(
             let (r, rec) = plan_alter_configs(image, ctx, resources, *incremental, *validate_only);
             (ControllerResponse::AlterConfigs(r), rec)
         }
+        ControllerRequest::InitProducerId { .. } => (
+            ControllerResponse::ProducerId(Err(KError::new(
+                ResponseError::UnknownServerError,
+                "producer ids are allocated by the controller service, not planned",
+            ))),
+            Vec::new(),
+        ),
     }
 }
 

@@ -38,6 +38,10 @@ pub enum MetadataRecord {
         id: Uuid,
         configs: BTreeMap<String, String>,
     },
+    /// Producer ids below `end` have been handed out (allocated a block at a time).
+    ProducerIdBlock {
+        end: i64,
+    },
     /// Replaces the dynamic broker configs (topic-config synonyms): cluster-wide defaults
     /// when `node` is `None`, else those of one node.
     SetBrokerConfigs {
@@ -67,6 +71,8 @@ pub struct MetadataImage {
     pub node_configs: BTreeMap<i32, BTreeMap<String, String>>,
     /// Partitions owned by each shard (for least-loaded placement).
     pub partitions_per_shard: Vec<usize>,
+    /// Producer ids below this have been allocated.
+    pub producer_ids_end: i64,
     /// Index of the last applied controller-log entry.
     pub applied_index: u64,
 }
@@ -158,6 +164,9 @@ impl MetadataImage {
     fn apply_one(&mut self, record: &MetadataRecord) {
         match record {
             MetadataRecord::ClusterInit { cluster_id } => self.cluster_id = cluster_id.clone(),
+            MetadataRecord::ProducerIdBlock { end } => {
+                self.producer_ids_end = self.producer_ids_end.max(*end);
+            }
             MetadataRecord::CreateTopic {
                 name,
                 id,

@@ -107,6 +107,9 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// The partitions this shard owns.
     pub partitions: PartitionManager,
+    /// Next producer id to hand out (controller shard only); a new block is persisted when it
+    /// reaches the image's `producer_ids_end`.
+    next_producer_id: Cell<i64>,
 }
 
 impl Shard {
@@ -119,6 +122,7 @@ impl Shard {
     ) -> Shard {
         Shard {
             partitions: PartitionManager::new(mesh.shard_id(), &config.data_dir, sentinel),
+            next_producer_id: Cell::new(image.producer_ids_end),
             id: mesh.shard_id(),
             config,
             image: RefCell::new(image),
@@ -181,6 +185,9 @@ impl Shard {
 
     async fn execute_controller(&self, req: ControllerRequest) -> ControllerResponse {
         let _permit = self.controller_lock.acquire_permit(1).await;
+        if let ControllerRequest::InitProducerId { existing } = req {
+            return ControllerResponse::ProducerId(self.allocate_producer_id(existing).await);
+        }
         let ctx = self.controller_ctx();
         let (resp, records) = plan(&self.image.borrow(), &ctx, &req);
         if records.is_empty() {
@@ -220,6 +227,47 @@ impl Shard {
             }
         }
         resp
+    }
+}
+
+/// Producer ids are persisted a block at a time: one controller-log write per block.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+impl Shard {
+    /// Hands out a producer id and epoch (controller shard, under the controller lock).
+    async fn allocate_producer_id(
+        &self,
+        existing: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), KError> {
+        if let Some((id, epoch)) = existing {
+            let allocated = (0..self.image.borrow().producer_ids_end).contains(&id);
+            if allocated && (0..i16::MAX - 1).contains(&epoch) {
+                return Ok((id, epoch + 1));
+            }
+            if id >= self.image.borrow().producer_ids_end {
+                return Err(KError::new(
+                    ResponseError::InvalidProducerIdMapping,
+                    format!("producer id {id} was never allocated"),
+                ));
+            }
+        }
+        let next = self.next_producer_id.get();
+        if next >= self.image.borrow().producer_ids_end {
+            let records = vec![MetadataRecord::ProducerIdBlock {
+                end: next + PRODUCER_ID_BLOCK,
+            }];
+            let data = serde_json::to_vec(&records)
+                .map_err(|e| KError::new(ResponseError::UnknownServerError, e.to_string()))?;
+            let index = self
+                .store
+                .append_controller(data.into())
+                .await
+                .map_err(|e| KError::new(ResponseError::KafkaStorageError, e.to_string()))?;
+            // Only this shard allocates ids; the other shards' images need not know the block.
+            self.image.borrow_mut().apply(index, &records);
+        }
+        self.next_producer_id.set(next + 1);
+        Ok((next, 0))
     }
 }
 

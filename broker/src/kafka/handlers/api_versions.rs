@@ -75,7 +75,7 @@ mod tests {
         assert!(r
             .api_keys
             .iter()
-            .all(|k| k.api_key != ApiKey::InitProducerId as i16));
+            .all(|k| k.api_key != ApiKey::FindCoordinator as i16));
         let produce = r
             .api_keys
             .iter()

@@ -70,12 +70,17 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         .iter()
                         .zip(rs)
                         .map(|(p, (e, offset))| {
-                            ListOffsetsPartitionResponse::default()
+                            let r = ListOffsetsPartitionResponse::default()
                                 .with_partition_index(p.partition_index)
                                 .with_error_code(e.code())
                                 .with_timestamp(-1)
-                                .with_offset(offset)
-                                .with_leader_epoch(0)
+                                .with_offset(offset);
+                            // leader_epoch exists from v4 on; encoding it earlier fails.
+                            if ctx.version >= 4 {
+                                r.with_leader_epoch(0)
+                            } else {
+                                r
+                            }
                         })
                         .collect(),
                 )

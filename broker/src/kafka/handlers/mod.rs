@@ -9,6 +9,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -54,6 +55,12 @@ pub async fn route(ctx: Ctx, key: ApiKey, corr: i32, body: Bytes) -> Reply {
         ApiKey::ListOffsets => {
             serve(key, v, corr, body, |r: ListOffsetsRequest| async move {
                 list_offsets::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::InitProducerId => {
+            serve(key, v, corr, body, |r: InitProducerIdRequest| async move {
+                init_producer_id::handle(&ctx, r).await
             })
             .await
         }

@@ -6,8 +6,9 @@
 //! no response). Record batches stay `Bytes` slices of the request until the appender copies
 //! them into its aligned DMA buffer.
 //!
-//! Not yet: idempotent and transactional producers (batches with a producer id are refused
-//! with UNKNOWN_PRODUCER_ID until InitProducerId exists), recompression for a topic whose
+//! Idempotent batches are checked against the partition's producer state on the owning shard
+//! (duplicates answered with their original offsets). Not yet: transactions (transactional
+//! batches get INVALID_TXN_STATE), recompression for a topic whose
 //! `compression.type` names a codec, Produce v13 (topic ids).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,7 +52,8 @@ fn batch_error(e: &BatchError) -> ResponseError {
         BatchError::BatchLength { batch_length, .. } if *batch_length > 0 => {
             ResponseError::MessageTooLarge
         }
-        BatchError::TrailingBytes { .. } => ResponseError::InvalidRecord,
+        // Kafka 4 answers INVALID_RECORD for more than one batch and for old formats.
+        BatchError::TrailingBytes { .. } | BatchError::Magic { .. } => ResponseError::InvalidRecord,
         _ => ResponseError::CorruptMessage,
     }
 }
@@ -124,10 +126,10 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     }
                 };
                 let h: &BatchHeader = batch.header();
-                if h.producer_id >= 0 || h.attributes & ATTR_TRANSACTIONAL != 0 {
+                if h.attributes & ATTR_TRANSACTIONAL != 0 {
                     tp.push(fail(
-                        ResponseError::UnknownProducerId,
-                        Some("idempotent and transactional produce are not supported yet".into()),
+                        ResponseError::InvalidTxnState,
+                        Some("transactions are not supported yet".into()),
                     ));
                     continue;
                 }
