@@ -105,9 +105,29 @@ struct ShardBoot {
     drained: Arc<AtomicUsize>,
 }
 
+/// Whether `dir` is on tmpfs (no O_DIRECT: glommio falls back to buffered I/O there).
+fn on_tmpfs(dir: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(path.as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC
+    }
+}
+
 pub fn run(config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    if on_tmpfs(&config.data_dir) {
+        warn!(
+            data_dir = %config.data_dir.display(),
+            "data dir is on tmpfs: no O_DIRECT (glommio uses buffered I/O) and nothing survives \
+             a reboot; use ext4 or xfs for real data"
+        );
+    }
     let _lock = lock_data_dir(&config.data_dir)?;
     let sentinel = dma::prepare_sentinel(&config.data_dir)?;
     let (store, recovered, store_thread) = MetaStore::open(&config.data_dir.join("meta"))?;
