@@ -1,0 +1,185 @@
+//! The log-store seam: one instance per group (partition), holding that group's Raft log and
+//! its small durable metadata.
+//!
+//! The contract mirrors an append-only segment log with a separate metadata record:
+//!
+//! * **Writes are visible at once, durable later.** `append`, `truncate_suffix`,
+//!   `compact_prefix`, `install_snapshot`, `set_hard_state` and `set_membership` change what
+//!   the read methods return immediately (the driver hands these reads to raft-rs), but they
+//!   survive a crash only once a [`SyncToken`] issued *after* them has completed.
+//! * **Syncs are asynchronous and ordered.** [`LogStore::sync`] starts making everything
+//!   written so far durable and returns a token; [`LogStore::synced`] reports the highest
+//!   completed token. Completing token `t` implies every token `< t` completed. The driver
+//!   polls `synced` from [`crate::Driver::process`], so the shard loop just has to call
+//!   `process` after a sync finishes.
+//! * **A crash keeps a prefix.** After a crash the store reopens with everything covered by a
+//!   completed sync, plus possibly some prefix of what came after (a torn tail); the entry log
+//!   and the metadata record may keep different prefixes. The driver copes with both (it does
+//!   not trust the stored commit index, and a snapshot's membership must be durable
+//!   atomically with its log reset).
+//!
+//! One entry is one opaque payload (later: one Kafka batch) with term, index and
+//! [`EntryKind`], so the segment-log adapter can write leader no-ops and configuration entries
+//! as Kafka control batches.
+
+use bytes::Bytes;
+
+use crate::types::{EntryKind, HardState, LogEntry, LogStart, Membership, SnapshotMeta};
+
+/// Identifies one [`LogStore::sync`] request. Tokens increase; `0` means "nothing".
+pub type SyncToken = u64;
+
+/// A log-store failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The requested index is below the log start (compacted or replaced by a snapshot).
+    #[error("index {0} is compacted")]
+    Compacted(u64),
+    /// The requested index is beyond the last entry.
+    #[error("index {0} is beyond the last entry")]
+    Unavailable(u64),
+    /// The request is inconsistent with the log (a gap, an out-of-range truncation, ...).
+    #[error("invalid log operation: {0}")]
+    Invalid(String),
+    /// The device failed; the group must stop.
+    #[error("i/o error: {0}")]
+    Io(String),
+}
+
+/// What a store holds when a group is opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredState {
+    /// Last persisted hard state.
+    pub hard_state: HardState,
+    /// The newest membership the store knows: the one written last with
+    /// [`LogStore::set_membership`] or the one carried by the last installed snapshot,
+    /// whichever took effect at the higher index (after a crash the two records may have
+    /// survived to different points).
+    pub membership: Membership,
+    /// Index at which `membership` took effect (0 for none).
+    pub membership_index: u64,
+}
+
+/// The per-group log store seam. See the module documentation for the durability contract.
+pub trait LogStore {
+    /// The durable state to start from (after a restart: what survived the crash).
+    fn initial_state(&self) -> StoredState;
+
+    /// Where the log starts: the last index no longer in the log and its term. `index == 0`
+    /// for a log that was never compacted.
+    fn log_start(&self) -> LogStart;
+
+    /// Index of the first entry in the log (`log_start().index + 1`).
+    fn first_index(&self) -> u64 {
+        self.log_start().index + 1
+    }
+
+    /// Index of the last entry (`first_index() - 1` when the log is empty).
+    fn last_index(&self) -> u64;
+
+    /// Term of the entry at `index`; valid for `first_index() - 1 ..= last_index()`.
+    fn term(&self, index: u64) -> Result<u64, StoreError>;
+
+    /// Entries `lo..hi`, stopping early once `max_bytes` of payload are gathered (but always
+    /// returning at least one entry when the range is not empty).
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Appends entries; `entries[0].index` must be `last_index() + 1` (the driver truncates a
+    /// conflicting suffix first).
+    fn append(&mut self, entries: &[LogEntry]) -> Result<(), StoreError>;
+
+    /// Removes every entry with index `>= from` (a conflicting suffix from an old leader,
+    /// Raft §5.3). Never called below the commit index.
+    fn truncate_suffix(&mut self, from: u64) -> Result<(), StoreError>;
+
+    /// Drops entries up to and including `through` (retention). `through` is committed and
+    /// applied; its term is kept for matching.
+    fn compact_prefix(&mut self, through: u64) -> Result<(), StoreError>;
+
+    /// Replaces the whole log with "the log starts after `meta.index`" (Raft §7), using the
+    /// payload the leader's store produced with [`LogStore::snapshot_payload`]; also records
+    /// `meta.membership` as taking effect at `meta.index`. The membership must become durable
+    /// atomically with the log reset (a crash keeps both or neither).
+    fn install_snapshot(&mut self, meta: &SnapshotMeta, payload: Bytes) -> Result<(), StoreError>;
+
+    /// What a follower behind the log start needs besides the metadata, as of `index` (the
+    /// abstract "segment transfer"; the in-memory store sends its retained entries).
+    fn snapshot_payload(&self, index: u64) -> Result<Bytes, StoreError>;
+
+    /// Indexes of the membership entries after `after`, in log order. Read once when a group
+    /// is opened. The default reads the entries; an adapter that indexes entry kinds (the
+    /// segment log's control batches) should answer from its index.
+    fn membership_indexes(&self, after: u64) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        let last = self.last_index();
+        let mut next = after.saturating_add(1).max(self.first_index());
+        while next <= last {
+            let chunk = self.entries(next, last.min(next.saturating_add(1023)) + 1, u64::MAX)?;
+            let Some(end) = chunk.last().map(|e| e.index) else {
+                break;
+            };
+            out.extend(
+                chunk
+                    .iter()
+                    .filter(|e| e.kind.is_membership())
+                    .map(|e| e.index),
+            );
+            next = end + 1;
+        }
+        Ok(out)
+    }
+
+    /// Records the hard state.
+    fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StoreError>;
+
+    /// Records the membership that took effect at `index` (a committed configuration entry).
+    fn set_membership(&mut self, index: u64, membership: &Membership) -> Result<(), StoreError>;
+
+    /// Starts making every write so far durable; returns its token.
+    fn sync(&mut self) -> Result<SyncToken, StoreError>;
+
+    /// Highest completed sync token.
+    fn synced(&self) -> SyncToken;
+}
+
+/// A compact binary encoding of entries, used by [`LogStore::snapshot_payload`] of the
+/// in-memory store; each entry is `index u64, term u64, kind u8, len u32, payload`.
+pub fn encode_entries(entries: &[LogEntry]) -> Bytes {
+    let size: usize = entries.iter().map(|e| 21 + e.payload.len()).sum();
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.index.to_le_bytes());
+        out.extend_from_slice(&e.term.to_le_bytes());
+        out.push(e.kind.code());
+        out.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.payload);
+    }
+    Bytes::from(out)
+}
+
+/// The inverse of [`encode_entries`]; `None` when the bytes are malformed.
+pub fn decode_entries(bytes: &Bytes) -> Option<Vec<LogEntry>> {
+    let mut r = crate::wire::Reader::new(bytes.clone());
+    let count = r.u32().ok()? as usize;
+    // Each entry takes at least 21 bytes: a lying count cannot make us allocate.
+    if count > r.remaining() / 21 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let index = r.u64().ok()?;
+        let term = r.u64().ok()?;
+        let kind = EntryKind::from_code(r.u8().ok()?)?;
+        let len = r.u32().ok()? as usize;
+        let payload = r.bytes(len).ok()?;
+        out.push(LogEntry {
+            index,
+            term,
+            kind,
+            payload,
+        });
+    }
+    r.finish().ok()?;
+    Some(out)
+}
