@@ -148,21 +148,33 @@ pub async fn wait_local(shard: &Shard, items: Vec<(PartitionKey, i64)>, max_wait
     .await;
 }
 
-pub fn list_offsets_local(
+/// `(error, offset, timestamp)` per item: -2 earliest, -1 latest, else the first record at or
+/// after the timestamp (offset -1 when none is).
+pub async fn list_offsets_local(
     shard: &Shard,
     items: Vec<(PartitionKey, i64)>,
-) -> Vec<(ResponseError, i64)> {
-    items
-        .into_iter()
-        .map(|(k, ts)| match shard.partitions.get(&k) {
-            None => (ResponseError::NotLeaderOrFollower, -1),
-            Some(p) => match ts {
-                -2 => (ResponseError::Unknown(0), p.log_start_offset()),
-                -1 => (ResponseError::Unknown(0), p.high_watermark()),
-                _ => (ResponseError::UnsupportedForMessageFormat, -1),
+) -> Vec<(ResponseError, i64, i64)> {
+    let mut out = Vec::with_capacity(items.len());
+    for (k, ts) in items {
+        let Some(p) = shard.partitions.get(&k) else {
+            out.push((ResponseError::NotLeaderOrFollower, -1, -1));
+            continue;
+        };
+        out.push(match ts {
+            -2 => (ResponseError::Unknown(0), p.log_start_offset(), -1),
+            -1 => (ResponseError::Unknown(0), p.high_watermark(), -1),
+            ts if ts < 0 => (ResponseError::InvalidRequest, -1, -1),
+            ts => match p.offset_for_timestamp(ts).await {
+                Ok(Some((offset, t))) => (ResponseError::Unknown(0), offset, t),
+                Ok(None) => (ResponseError::Unknown(0), -1, -1),
+                Err(e) => {
+                    warn!(topic = %p.topic, partition = k.1, error = %e, "offset lookup by time");
+                    (ResponseError::KafkaStorageError, -1, -1)
+                }
             },
-        })
-        .collect()
+        });
+    }
+    out
 }
 
 /// Groups `(slot, item)` pairs by owning shard.

@@ -107,6 +107,53 @@ impl Partition {
         Ok((appended.base_offset as i64, waiter))
     }
 
+    /// Kafka's ListOffsets by time: the first offset whose record timestamp is at least `ts`,
+    /// with that timestamp; `None` when no record is that recent.
+    ///
+    /// Scans batch headers from the log start (no time index yet: cost grows with the log)
+    /// and decodes only the one batch that holds the answer.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, String> {
+        let hw = self.high_watermark();
+        let mut offset = self.log.borrow().log_start_offset();
+        while (offset as i64) < hw {
+            let plan = self
+                .log
+                .borrow()
+                .plan_read(offset, 1 << 20)
+                .map_err(|e| e.to_string())?;
+            let read = plan.run().await.map_err(|e| e.to_string())?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            let mut at = 0;
+            while at < read.bytes.len() {
+                let Ok(h) = BatchHeader::decode(&read.bytes[at..]) else {
+                    break;
+                };
+                let end = at + h.total_len();
+                if end > read.bytes.len() || h.base_offset >= hw {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts {
+                    if h.attributes & 0x08 != 0 {
+                        // LogAppendTime: every record carries the batch's max timestamp.
+                        return Ok(Some((h.base_offset, h.max_timestamp)));
+                    }
+                    let mut batch = read.bytes.slice(at..end);
+                    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch)
+                        .map_err(|e| format!("decoding batch at offset {}: {e}", h.base_offset))?;
+                    if let Some(r) = set.records.iter().find(|r| r.timestamp >= ts) {
+                        return Ok(Some((r.offset, r.timestamp)));
+                    }
+                }
+                at = end;
+            }
+            offset = read.next_offset;
+            glommio::yield_if_needed().await;
+        }
+        Ok(None)
+    }
+
     /// Rebuilds the idempotent-producer state from the batch headers in the log.
     async fn rebuild_producer_state(&self) -> Result<(), LogError> {
         let mut offset = self.log.borrow().log_start_offset();

@@ -72,7 +72,7 @@ pub enum ShardRequest {
         items: Vec<(PartitionKey, i64)>,
         max_wait: Duration,
     },
-    /// `(partition, timestamp)`: -2 earliest, -1 latest.
+    /// `(partition, timestamp)`: -2 earliest, -1 latest, else by time.
     ListOffsets { items: Vec<(PartitionKey, i64)> },
     /// A metadata change, for the controller shard.
     Controller(ControllerRequest),
@@ -89,8 +89,8 @@ pub enum ShardResponse {
     Produced(Vec<ProduceOutcome>),
     Fetched(Vec<FetchOutcome>),
     Woken,
-    /// `(error, offset)` per item.
-    Offsets(Vec<(ResponseError, i64)>),
+    /// `(error, offset, timestamp)` per item.
+    Offsets(Vec<(ResponseError, i64, i64)>),
 }
 
 pub struct Shard {
@@ -295,7 +295,7 @@ pub async fn handle_shard_request(shard: &Shard, req: ShardRequest) -> ShardResp
             ShardResponse::Woken
         }
         ShardRequest::ListOffsets { items } => {
-            ShardResponse::Offsets(crate::data::list_offsets_local(shard, items))
+            ShardResponse::Offsets(crate::data::list_offsets_local(shard, items).await)
         }
     }
 }

@@ -1,6 +1,6 @@
-//! ListOffsets (key 2), v1–v6: the earliest (-2) and latest (-1) offsets of partitions.
-//! Lookups by timestamp need the time index (storage issue) and answer
-//! UNSUPPORTED_FOR_MESSAGE_FORMAT until then.
+//! ListOffsets (key 2), v1–v6: the earliest (-2) and latest (-1) offsets of partitions, and
+//! the first offset at or after a timestamp (found by scanning batch headers until the time
+//! index exists; see `Partition::offset_for_timestamp`).
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -14,7 +14,7 @@ use crate::shard::{ShardRequest, ShardResponse};
 
 pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let shard = &ctx.shard;
-    let mut results: Vec<Vec<(ResponseError, i64)>> = Vec::new();
+    let mut results: Vec<Vec<(ResponseError, i64, i64)>> = Vec::new();
     let mut wanted = Vec::new();
     {
         let img = shard.image.borrow();
@@ -29,9 +29,9 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         .map(|o| (topic.id, *o as usize % shard.mesh.nr_shards()))
                 });
                 match owner {
-                    None => r.push((ResponseError::UnknownTopicOrPartition, -1)),
+                    None => r.push((ResponseError::UnknownTopicOrPartition, -1, -1)),
                     Some((id, o)) => {
-                        r.push((ResponseError::Unknown(0), -1));
+                        r.push((ResponseError::Unknown(0), -1, -1));
                         wanted.push((o, 0, ((ti, pi), ((id, p.partition_index), p.timestamp))));
                     }
                 }
@@ -47,11 +47,11 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
         requests.push((to, ShardRequest::ListOffsets { items }));
     }
     for (pos, answer) in positions.into_iter().zip(fan_out(shard, requests).await) {
-        let got: Vec<(ResponseError, i64)> = match answer {
+        let got: Vec<(ResponseError, i64, i64)> = match answer {
             Ok(ShardResponse::Offsets(v)) => v,
             _ => pos
                 .iter()
-                .map(|_| (ResponseError::NotLeaderOrFollower, -1))
+                .map(|_| (ResponseError::NotLeaderOrFollower, -1, -1))
                 .collect(),
         };
         for ((ti, pi), r) in pos.into_iter().zip(got) {
@@ -69,11 +69,11 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     t.partitions
                         .iter()
                         .zip(rs)
-                        .map(|(p, (e, offset))| {
+                        .map(|(p, (e, offset, timestamp))| {
                             let r = ListOffsetsPartitionResponse::default()
                                 .with_partition_index(p.partition_index)
                                 .with_error_code(e.code())
-                                .with_timestamp(-1)
+                                .with_timestamp(timestamp)
                                 .with_offset(offset);
                             // leader_epoch exists from v4 on; encoding it earlier fails.
                             if ctx.version >= 4 {
