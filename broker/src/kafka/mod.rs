@@ -30,7 +30,13 @@ impl Dispatch for KafkaConn {
     fn dispatch(&self, frame: Bytes) -> Pin<Box<dyn Future<Output = Completion> + '_>> {
         let shard = self.shard.clone();
         let peer = self.peer;
-        let completion: Completion = Box::pin(handle_frame(shard, peer, frame));
+        // Stage one: the request starts now, as its own task, so a pipelined request does not
+        // wait for the previous one to complete (produce requests on one connection share a
+        // group commit). Tasks start in arrival order and a produce's appends happen before
+        // its first await on the owning shard, so per-partition order is arrival order.
+        // Stage two is the task's result, written by the connection in request order.
+        let task = glommio::spawn_local(handle_frame(shard, peer, frame));
+        let completion: Completion = Box::pin(task);
         Box::pin(std::future::ready(completion))
     }
 }
