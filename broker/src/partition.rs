@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::Waker;
@@ -107,57 +108,14 @@ impl Partition {
         Ok((appended.base_offset as i64, waiter))
     }
 
-    /// Kafka's ListOffsets by time: the first offset whose record timestamp is at least `ts`,
-    /// with that timestamp; `None` when no record is that recent.
-    ///
-    /// Scans batch headers from the log start (no time index yet: cost grows with the log)
-    /// and decodes only the one batch that holds the answer.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, String> {
-        let hw = self.high_watermark();
+    /// Visits whole batches (header and bytes) in offset order from the log start up to
+    /// `end`, reading 1 MiB at a time, until `visit` breaks with a value.
+    async fn scan_batches<T>(
+        &self,
+        end: u64,
+        mut visit: impl FnMut(&BatchHeader, Bytes) -> ControlFlow<T>,
+    ) -> Result<Option<T>, LogError> {
         let mut offset = self.log.borrow().log_start_offset();
-        while (offset as i64) < hw {
-            let plan = self
-                .log
-                .borrow()
-                .plan_read(offset, 1 << 20)
-                .map_err(|e| e.to_string())?;
-            let read = plan.run().await.map_err(|e| e.to_string())?;
-            if read.bytes.is_empty() {
-                break;
-            }
-            let mut at = 0;
-            while at < read.bytes.len() {
-                let Ok(h) = BatchHeader::decode(&read.bytes[at..]) else {
-                    break;
-                };
-                let end = at + h.total_len();
-                if end > read.bytes.len() || h.base_offset >= hw {
-                    return Ok(None);
-                }
-                if h.max_timestamp >= ts {
-                    if h.attributes & 0x08 != 0 {
-                        // LogAppendTime: every record carries the batch's max timestamp.
-                        return Ok(Some((h.base_offset, h.max_timestamp)));
-                    }
-                    let mut batch = read.bytes.slice(at..end);
-                    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch)
-                        .map_err(|e| format!("decoding batch at offset {}: {e}", h.base_offset))?;
-                    if let Some(r) = set.records.iter().find(|r| r.timestamp >= ts) {
-                        return Ok(Some((r.offset, r.timestamp)));
-                    }
-                }
-                at = end;
-            }
-            offset = read.next_offset;
-            glommio::yield_if_needed().await;
-        }
-        Ok(None)
-    }
-
-    /// Rebuilds the idempotent-producer state from the batch headers in the log.
-    async fn rebuild_producer_state(&self) -> Result<(), LogError> {
-        let mut offset = self.log.borrow().log_start_offset();
-        let end = self.log.borrow().stable_offset();
         while offset < end {
             let plan = self.log.borrow().plan_read(offset, 1 << 20)?;
             let read = plan.run().await?;
@@ -169,24 +127,73 @@ impl Partition {
                 let Ok(h) = BatchHeader::decode(&read.bytes[at..]) else {
                     break;
                 };
-                if h.producer_id >= 0 {
-                    let first = h.base_sequence;
-                    self.producers.borrow_mut().record(
-                        h.producer_id,
-                        h.producer_epoch,
-                        BatchSeq {
-                            first_seq: first,
-                            last_seq: last_seq(first, h.last_offset_delta),
-                            base_offset: h.base_offset,
-                            last_offset: h.last_offset(),
-                        },
-                    );
+                let next = at + h.total_len();
+                if next > read.bytes.len() || h.base_offset as u64 >= end {
+                    return Ok(None);
                 }
-                at += h.total_len();
+                if let ControlFlow::Break(t) = visit(&h, read.bytes.slice(at..next)) {
+                    return Ok(Some(t));
+                }
+                at = next;
             }
             offset = read.next_offset;
             glommio::yield_if_needed().await;
         }
+        Ok(None)
+    }
+
+    /// Kafka's ListOffsets by time: the first offset whose record timestamp is at least `ts`,
+    /// with that timestamp; `None` when no record is that recent.
+    ///
+    /// Scans batch headers from the log start (no time index yet: cost grows with the log)
+    /// and decodes only the one batch that holds the answer.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, String> {
+        let hw = self.high_watermark().max(0) as u64;
+        let found = self
+            .scan_batches(hw, |h, mut batch| {
+                if h.max_timestamp < ts {
+                    return ControlFlow::Continue(());
+                }
+                if h.attributes & 0x08 != 0 {
+                    // LogAppendTime: every record carries the batch's max timestamp.
+                    return ControlFlow::Break(Ok((h.base_offset, h.max_timestamp)));
+                }
+                match kafka_protocol::records::RecordBatchDecoder::decode(&mut batch) {
+                    Ok(set) => match set.records.iter().find(|r| r.timestamp >= ts) {
+                        Some(r) => ControlFlow::Break(Ok((r.offset, r.timestamp))),
+                        None => ControlFlow::Continue(()),
+                    },
+                    Err(e) => ControlFlow::Break(Err(format!(
+                        "decoding batch at offset {}: {e}",
+                        h.base_offset
+                    ))),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        found.transpose()
+    }
+
+    /// Rebuilds the idempotent-producer state from the batch headers in the log.
+    async fn rebuild_producer_state(&self) -> Result<(), LogError> {
+        let end = self.log.borrow().stable_offset();
+        self.scan_batches(end, |h, _| {
+            if h.producer_id >= 0 {
+                let first = h.base_sequence;
+                self.producers.borrow_mut().record(
+                    h.producer_id,
+                    h.producer_epoch,
+                    BatchSeq {
+                        first_seq: first,
+                        last_seq: last_seq(first, h.last_offset_delta),
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                    },
+                );
+            }
+            ControlFlow::<()>::Continue(())
+        })
+        .await?;
         Ok(())
     }
 

@@ -106,7 +106,7 @@ pub async fn serve<Req, Resp, F, Fut>(
     key: ApiKey,
     version: i16,
     correlation_id: i32,
-    mut body: Bytes,
+    body: Bytes,
     handler: F,
 ) -> Reply
 where
@@ -115,24 +115,10 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Resp>,
 {
-    let req = match Req::decode(&mut body, version) {
-        Ok(r) => r,
-        Err(e) => return Reply::Close(format!("malformed {key:?} v{version} request: {e}")),
-    };
-    if !body.is_empty() {
-        debug!(
-            trailing = body.len(),
-            "trailing bytes after {key:?} request ignored"
-        );
-    }
-    let resp = handler(req).await;
-    match encode_response(correlation_id, key, version, &resp) {
-        Ok(frame) => Reply::Frame(frame),
-        Err(e) => {
-            error!(error = %e, "could not encode response");
-            Reply::Close(e.to_string())
-        }
-    }
+    serve_opt(key, version, correlation_id, body, |req: Req| async move {
+        Some(handler(req).await)
+    })
+    .await
 }
 
 /// [`serve`] for handlers that may send no response (acks=0 produce).
@@ -153,6 +139,12 @@ where
         Ok(r) => r,
         Err(e) => return Reply::Close(format!("malformed {key:?} v{version} request: {e}")),
     };
+    if !body.is_empty() {
+        debug!(
+            trailing = body.len(),
+            "trailing bytes after {key:?} request ignored"
+        );
+    }
     let Some(resp) = handler(req).await else {
         return Reply::Nothing;
     };
