@@ -1,8 +1,9 @@
 //! The admin HTTP API, on its own thread (never a shard's time).
 //!
-//! Serves `GET /v1/status/live` (the process answers) and `GET /v1/status/ready` (every shard
-//! listens for Kafka clients and the node is not shutting down). Metrics and the cluster,
-//! partition and shard views come with the operator-experience issue.
+//! Serves `GET /v1/status/live` (the process answers), `GET /v1/status/ready` (every shard
+//! listens for Kafka clients and the node is not shutting down) and `GET /metrics`
+//! (Prometheus text format, see [`crate::metrics`]). The cluster, partition and shard views
+//! come with the operator-experience issue.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -69,6 +70,12 @@ fn serve(server: Server, state: AdminState, done: Arc<AtomicBool>) {
         let path = request.url().split('?').next().unwrap_or("").to_string();
         let response = match (request.method(), path.as_str()) {
             (Method::Get, "/v1/status/live") => json(200, r#"{"status":"live"}"#.into()),
+            (Method::Get, "/metrics") => {
+                let header =
+                    Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
+                        .expect("static header is valid");
+                Response::from_string(crate::metrics::render()).with_header(header)
+            }
             (Method::Get, "/v1/status/ready") => {
                 let listening = state.listening.load(Ordering::SeqCst);
                 if state.stopping.load(Ordering::SeqCst) {

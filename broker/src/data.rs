@@ -35,8 +35,10 @@ pub async fn produce_local(
             waiters.push(None);
             continue;
         };
+        let len = item.batch.len() as u64;
         match p.append(&item.batch) {
             Ok((base_offset, waiter)) => {
+                shard.metrics.produce_bytes.inc_by(len);
                 out.push(ProduceOutcome {
                     error: ResponseError::Unknown(0),
                     base_offset,
@@ -105,6 +107,7 @@ pub async fn fetch_local(shard: &Shard, items: Vec<FetchItem>) -> Vec<FetchOutco
             }
         };
         any |= !records.is_empty();
+        shard.metrics.fetch_bytes.inc_by(records.len() as u64);
         out.push(FetchOutcome {
             error,
             high_watermark: hw,

@@ -7,6 +7,7 @@ pub mod data;
 pub mod kafka;
 pub mod limits;
 pub mod metadata;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod producer_state;

@@ -280,12 +280,14 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             shard.connections.set(shard.connections.get() + 1);
+            shard.metrics.connections.inc();
             let conn = KafkaConn {
                 shard: shard.clone(),
                 peer,
             };
             serve(stream, peer, &conn, limits, &shard.shutdown).await;
             shard.connections.set(shard.connections.get() - 1);
+            shard.metrics.connections.dec();
         })
         .detach();
     }

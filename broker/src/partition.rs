@@ -37,6 +37,7 @@ pub struct Partition {
     log: RefCell<PartitionLog<DmaDir>>,
     dir: DmaDir,
     flushing: Cell<bool>,
+    fsync_seconds: prometheus::Histogram,
     producers: RefCell<ProducerStates>,
     /// Fetches parked until the high watermark moves.
     hw_waiters: RefCell<Vec<Waker>>,
@@ -222,7 +223,9 @@ impl Partition {
                         break;
                     }
                 };
+                let started = std::time::Instant::now();
                 let synced = written.sync().await;
+                p.fsync_seconds.observe(started.elapsed().as_secs_f64());
                 if let Err(e) = p.log.borrow_mut().finish_sync(synced) {
                     error!(topic = %p.topic, partition = p.key.1, error = %e, "fdatasync failed");
                     break;
@@ -297,6 +300,7 @@ pub struct PartitionManager {
     root: PathBuf,
     sentinel: PathBuf,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+    fsync_seconds: prometheus::Histogram,
 }
 
 /// Where partition `key`'s segments live.
@@ -305,8 +309,14 @@ pub fn partition_dir(root: &Path, key: &PartitionKey) -> PathBuf {
 }
 
 impl PartitionManager {
-    pub fn new(shard: usize, data_dir: &Path, sentinel: PathBuf) -> Self {
+    pub fn new(
+        shard: usize,
+        data_dir: &Path,
+        sentinel: PathBuf,
+        fsync_seconds: prometheus::Histogram,
+    ) -> Self {
         PartitionManager {
+            fsync_seconds,
             shard,
             root: data_dir.join("partitions"),
             sentinel,
@@ -398,6 +408,7 @@ impl PartitionManager {
             log: RefCell::new(log),
             dir,
             flushing: Cell::new(false),
+            fsync_seconds: self.fsync_seconds.clone(),
             producers: RefCell::new(ProducerStates::default()),
             hw_waiters: RefCell::new(Vec::new()),
             deleted: Cell::new(false),

@@ -88,6 +88,8 @@ async fn handle_frame(shard: Rc<Shard>, peer: SocketAddr, mut frame: Bytes) -> R
         version,
         client_id: header.client_id.map(|s| s.to_string()),
     };
+    let started = std::time::Instant::now();
+    let shard = ctx.shard.clone();
     let span = tracing::debug_span!(
         "kafka",
         api = ?key,
@@ -96,9 +98,11 @@ async fn handle_frame(shard: Rc<Shard>, peer: SocketAddr, mut frame: Bytes) -> R
         %peer,
         shard = ctx.shard.id
     );
-    handlers::route(ctx, key, raw.correlation_id, frame)
+    let reply = handlers::route(ctx, key, raw.correlation_id, frame)
         .instrument(span)
-        .await
+        .await;
+    shard.metrics.request(key, started.elapsed().as_secs_f64());
+    reply
 }
 
 /// Decodes the request body, runs the handler, encodes its response.

@@ -23,6 +23,7 @@ use crate::metadata::controller::{
     plan, ControllerCtx, ControllerRequest, ControllerResponse, KError,
 };
 use crate::metadata::{MetadataImage, MetadataRecord};
+use crate::metrics::ShardMetrics;
 use crate::partition::{PartitionKey, PartitionManager};
 use mesh::Mesh;
 
@@ -107,6 +108,7 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// The partitions this shard owns.
     pub partitions: PartitionManager,
+    pub metrics: ShardMetrics,
     /// Next producer id to hand out (controller shard only); a new block is persisted when it
     /// reaches the image's `producer_ids_end`.
     next_producer_id: Cell<i64>,
@@ -120,8 +122,15 @@ impl Shard {
         store: MetaStore,
         sentinel: PathBuf,
     ) -> Shard {
+        let metrics = ShardMetrics::new(mesh.shard_id());
         Shard {
-            partitions: PartitionManager::new(mesh.shard_id(), &config.data_dir, sentinel),
+            partitions: PartitionManager::new(
+                mesh.shard_id(),
+                &config.data_dir,
+                sentinel,
+                metrics.fsync_seconds.clone(),
+            ),
+            metrics,
             next_producer_id: Cell::new(image.producer_ids_end),
             id: mesh.shard_id(),
             config,
@@ -142,6 +151,7 @@ impl Shard {
         self.partitions
             .reconcile(&image, self.mesh.nr_shards())
             .await;
+        self.metrics.partitions.set(self.partitions.len() as i64);
     }
 
     /// Sends `req` to shard `to`, or serves it here when `to` is this shard.

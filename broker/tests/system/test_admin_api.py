@@ -31,3 +31,69 @@ def test_unknown_endpoint_is_404(broker):
     status, body = get(broker, "/v1/nope")
     assert status == 404
     assert "/v1/nope" in body["error"]
+
+
+def scrape(broker) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics, parsed by the reference Prometheus text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://{HOST}:{broker.admin_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples, name: str, **labels) -> float:
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+
+
+def test_metrics_are_prometheus_text_and_move_with_traffic(broker):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import NewTopic
+
+    from clients import confluent_admin, create
+    from spate_harness import unique_topic
+
+    before = scrape(broker)
+    for family in ("spate_kafka_requests_total", "spate_kafka_connections",
+                   "spate_partitions", "spate_produce_bytes_total", "spate_fetch_bytes_total"):
+        assert any(n == family for n, _ in before), f"{family} missing"
+    topic = unique_topic("metrics")
+    create(confluent_admin(broker.bootstrap), [NewTopic(topic, 2, 1)])
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(200):
+        p.produce(topic, value=b"x" * 100, partition=i % 2)
+    assert p.flush(15) == 0
+    # No auto-commit: without a group coordinator (not built yet) librdkafka's close would
+    # wait on its final commit.
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_topic("g"),
+                  "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        got = 0
+        import time
+        deadline = time.time() + 15
+        while got < 100 and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got += 1
+        assert got == 100
+    finally:
+        c.close()
+    after = scrape(broker)
+    assert total(after, "spate_kafka_requests_total", api="Produce") > \
+        total(before, "spate_kafka_requests_total", api="Produce")
+    assert total(after, "spate_kafka_requests_total", api="CreateTopics") >= \
+        total(before, "spate_kafka_requests_total", api="CreateTopics") + 1
+    assert total(after, "spate_produce_bytes_total") >= total(before, "spate_produce_bytes_total") + 200 * 100
+    assert total(after, "spate_fetch_bytes_total") >= total(before, "spate_fetch_bytes_total") + 100 * 100
+    assert total(after, "spate_log_fsync_seconds_count") > total(before, "spate_log_fsync_seconds_count")
+    assert total(after, "spate_partitions") >= total(before, "spate_partitions") + 2
+    assert total(after, "spate_kafka_request_seconds_count", api="Fetch") > 0
