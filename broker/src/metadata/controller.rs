@@ -220,6 +220,13 @@ fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> HashSet<&'a str> {
     dup
 }
 
+fn duplicate_topic(name: &str) -> KError {
+    KError::new(
+        ResponseError::InvalidRequest,
+        format!("Duplicate topic name {name} in the request."),
+    )
+}
+
 fn check_assignment(
     ctx: &ControllerCtx,
     replicas: &[i32],
@@ -297,6 +304,8 @@ fn partitions_error(image: &MetadataImage, adding: usize, total: i64) -> Option<
     None
 }
 
+/// Picks owning shards for `n` new partitions, each on the currently least-loaded shard
+/// (ties to the lowest shard), counting each pick in `load`.
 fn place(load: &mut [usize], n: usize) -> Vec<u32> {
     (0..n)
         .map(|_| {
@@ -328,10 +337,7 @@ pub fn plan_create_topics(
         .iter()
         .map(|spec| {
             if dup.contains(spec.name.as_str()) {
-                return Err(KError::new(
-                    ResponseError::InvalidRequest,
-                    format!("Duplicate topic name {} in the request.", spec.name),
-                ));
+                return Err(duplicate_topic(&spec.name));
             }
             validate_topic_name(&spec.name)
                 .map_err(|m| KError::new(ResponseError::InvalidTopicException, m))?;
@@ -470,10 +476,7 @@ pub fn plan_create_partitions(
         .iter()
         .map(|spec| {
             if dup.contains(spec.name.as_str()) {
-                return Err(KError::new(
-                    ResponseError::InvalidRequest,
-                    format!("Duplicate topic name {} in the request.", spec.name),
-                ));
+                return Err(duplicate_topic(&spec.name));
             }
             let topic = image.topics.get(&spec.name).ok_or_else(|| {
                 KError::new(
@@ -718,6 +721,13 @@ mod tests {
 
     fn code<T: std::fmt::Debug>(r: &Result<T, KError>) -> ResponseError {
         r.as_ref().unwrap_err().code
+    }
+
+    #[test]
+    fn placement_goes_to_the_least_loaded_shard() {
+        let mut load = vec![2, 0, 0];
+        assert_eq!(place(&mut load, 4), vec![1, 2, 1, 2]);
+        assert_eq!(load, vec![2, 2, 2]);
     }
 
     #[test]

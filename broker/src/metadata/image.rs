@@ -98,22 +98,6 @@ impl MetadataImage {
         shard as usize % self.partitions_per_shard.len().max(1)
     }
 
-    /// Picks owning shards for `n` new partitions, each on the currently least-loaded shard.
-    pub fn place_partitions(&self, n: usize) -> Vec<u32> {
-        let mut load = self.partitions_per_shard.clone();
-        (0..n)
-            .map(|_| {
-                let (shard, _) = load
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(i, l)| (**l, *i))
-                    .expect("at least one shard");
-                load[shard] += 1;
-                shard as u32
-            })
-            .collect()
-    }
-
     /// A topic config's effective value for a topic with `overrides` on node `node_id`, and
     /// where it comes from (Kafka's `ConfigSource`).
     pub fn effective_topic_config(
@@ -250,13 +234,6 @@ mod tests {
             partition_shards: shards,
             configs: BTreeMap::new(),
         }
-    }
-
-    #[test]
-    fn placement_goes_to_the_least_loaded_shard() {
-        let mut img = MetadataImage::new(3);
-        img.apply(1, &[create("a", vec![0, 0])]);
-        assert_eq!(img.place_partitions(4), vec![1, 2, 1, 2]);
     }
 
     #[test]
