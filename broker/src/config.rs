@@ -48,6 +48,10 @@ pub struct Args {
     /// This node's id (default 0).
     #[arg(long, env = "SPATE_NODE_ID", value_name = "N")]
     pub node_id: Option<i32>,
+    /// How long a new group waits for more members before its first rebalance completes
+    /// (Kafka's group.initial.rebalance.delay.ms; default 3000).
+    #[arg(long, env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS", value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// The config file. Field names are the TOML keys.
@@ -69,6 +73,12 @@ pub struct FileConfig {
     pub shutdown_timeout_ms: Option<u64>,
     pub default_partitions: Option<i32>,
     pub default_replication_factor: Option<i16>,
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    pub group_min_session_timeout_ms: Option<i32>,
+    pub group_max_session_timeout_ms: Option<i32>,
+    pub offsets_topic_num_partitions: Option<i32>,
+    pub offsets_retention_minutes: Option<u64>,
+    pub offset_metadata_max_bytes: Option<usize>,
 }
 
 /// The resolved configuration of one node.
@@ -91,6 +101,31 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub default_partitions: i32,
     pub default_replication_factor: i16,
+    pub groups: GroupConfig,
+}
+
+/// The group coordinator's settings (Kafka's `group.*` and `offsets.*` broker configs).
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub initial_rebalance_delay: Duration,
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    pub offsets_topic_partitions: i32,
+    pub offsets_retention: Duration,
+    pub offset_metadata_max_bytes: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            initial_rebalance_delay: Duration::from_millis(3_000),
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            offsets_topic_partitions: 16,
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            offset_metadata_max_bytes: 4096,
+        }
+    }
 }
 
 fn range_check<T: PartialOrd + std::fmt::Display + Copy>(
@@ -217,7 +252,62 @@ impl Config {
             1,
             limits::REPLICATION_FACTOR_MAX,
         )?;
+        let d = GroupConfig::default();
+        let groups = GroupConfig {
+            initial_rebalance_delay: Duration::from_millis(range_check(
+                "group_initial_rebalance_delay_ms",
+                args.group_initial_rebalance_delay_ms
+                    .or(file.group_initial_rebalance_delay_ms)
+                    .unwrap_or(3_000),
+                0,
+                300_000,
+            )?),
+            min_session_timeout_ms: range_check(
+                "group_min_session_timeout_ms",
+                file.group_min_session_timeout_ms
+                    .unwrap_or(d.min_session_timeout_ms),
+                1,
+                i32::MAX,
+            )?,
+            max_session_timeout_ms: range_check(
+                "group_max_session_timeout_ms",
+                file.group_max_session_timeout_ms
+                    .unwrap_or(d.max_session_timeout_ms),
+                1,
+                i32::MAX,
+            )?,
+            offsets_topic_partitions: range_check(
+                "offsets_topic_num_partitions",
+                file.offsets_topic_num_partitions
+                    .unwrap_or(d.offsets_topic_partitions),
+                1,
+                1000,
+            )?,
+            offsets_retention: Duration::from_secs(
+                60 * range_check(
+                    "offsets_retention_minutes",
+                    file.offsets_retention_minutes.unwrap_or(7 * 24 * 60),
+                    1,
+                    1 << 30,
+                )?,
+            ),
+            offset_metadata_max_bytes: range_check(
+                "offset_metadata_max_bytes",
+                file.offset_metadata_max_bytes
+                    .unwrap_or(d.offset_metadata_max_bytes),
+                0,
+                1 << 20,
+            )?,
+        };
+        if groups.min_session_timeout_ms > groups.max_session_timeout_ms {
+            bail!(
+                "group_min_session_timeout_ms = {} is above group_max_session_timeout_ms = {}",
+                groups.min_session_timeout_ms,
+                groups.max_session_timeout_ms
+            );
+        }
         Ok(Config {
+            groups,
             data_dir,
             kafka_addr,
             advertised_kafka_addr,

@@ -310,6 +310,8 @@ class Broker:
                 "--admin-addr", f"{HOST}:{self.admin_port}",
                 "--smp", str(self.smp),
                 "--node-id", "0",
+                # As the Kafka target's group.initial.rebalance.delay.ms below.
+                "--group-initial-rebalance-delay-ms", "0",
             ]
         return java_command(TOOL_MAIN_CLASSES["kafka-server"], str(self.work_dir / "server.properties"),
                             heap="768m", log_level="INFO", server=True)
