@@ -50,7 +50,11 @@ pub struct Args {
     pub node_id: Option<i32>,
     /// How long a new group waits for more members before its first rebalance completes
     /// (Kafka's group.initial.rebalance.delay.ms; default 3000).
-    #[arg(long, env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS", value_name = "MS")]
+    #[arg(
+        long,
+        env = "SPATE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        value_name = "MS"
+    )]
     pub group_initial_rebalance_delay_ms: Option<u64>,
 }
 

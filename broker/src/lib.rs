@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod data;
+pub mod groups;
 pub mod kafka;
 pub mod limits;
 pub mod metadata;

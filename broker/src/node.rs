@@ -224,6 +224,7 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
         partitions = shard.partitions.len(),
         "partitions open"
     );
+    crate::groups::start_ticker(shard.clone());
 
     let listener = TcpListener::bind(config.kafka_addr).map_err(|e| {
         anyhow::anyhow!(

@@ -143,6 +143,17 @@ impl Partition {
         Ok(None)
     }
 
+    /// Visits every batch below the high watermark, in order (for replaying internal topics).
+    pub async fn for_each_batch(&self, mut visit: impl FnMut(Bytes)) -> Result<(), LogError> {
+        let hw = self.high_watermark().max(0) as u64;
+        self.scan_batches(hw, |_, b| {
+            visit(b);
+            ControlFlow::<()>::Continue(())
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Kafka's ListOffsets by time: the first offset whose record timestamp is at least `ts`,
     /// with that timestamp; `None` when no record is that recent.
     ///

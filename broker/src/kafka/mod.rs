@@ -46,6 +46,7 @@ pub struct Ctx {
     pub shard: Rc<Shard>,
     pub version: i16,
     pub client_id: Option<String>,
+    pub peer: SocketAddr,
 }
 
 async fn handle_frame(shard: Rc<Shard>, peer: SocketAddr, mut frame: Bytes) -> Reply {
@@ -87,6 +88,7 @@ async fn handle_frame(shard: Rc<Shard>, peer: SocketAddr, mut frame: Bytes) -> R
         shard,
         version,
         client_id: header.client_id.map(|s| s.to_string()),
+        peer,
     };
     let started = std::time::Instant::now();
     let shard = ctx.shard.clone();

@@ -77,6 +77,11 @@ pub enum ShardRequest {
     ListOffsets { items: Vec<(PartitionKey, i64)> },
     /// A metadata change, for the controller shard.
     Controller(ControllerRequest),
+    /// A consumer-group request for the coordinator of offsets partition `key`.
+    Group {
+        key: PartitionKey,
+        call: Box<crate::groups::GroupCall>,
+    },
     /// A committed controller-log entry to apply to this shard's image.
     Apply {
         index: u64,
@@ -92,6 +97,7 @@ pub enum ShardResponse {
     Woken,
     /// `(error, offset, timestamp)` per item.
     Offsets(Vec<(ResponseError, i64, i64)>),
+    Group(crate::groups::GroupAnswer),
 }
 
 pub struct Shard {
@@ -109,6 +115,8 @@ pub struct Shard {
     /// The partitions this shard owns.
     pub partitions: PartitionManager,
     pub metrics: ShardMetrics,
+    /// The consumer groups of the offsets partitions this shard owns.
+    pub groups: std::rc::Rc<crate::groups::Coordinator>,
     /// Next producer id to hand out (controller shard only); a new block is persisted when it
     /// reaches the image's `producer_ids_end`.
     next_producer_id: Cell<i64>,
@@ -131,6 +139,7 @@ impl Shard {
                 metrics.fsync_seconds.clone(),
             ),
             metrics,
+            groups: std::rc::Rc::new(crate::groups::Coordinator::new(config.groups.clone())),
             next_producer_id: Cell::new(image.producer_ids_end),
             id: mesh.shard_id(),
             config,
@@ -303,6 +312,9 @@ pub async fn handle_shard_request(shard: &Shard, req: ShardRequest) -> ShardResp
         ShardRequest::WaitHighWatermark { items, max_wait } => {
             crate::data::wait_local(shard, items, max_wait).await;
             ShardResponse::Woken
+        }
+        ShardRequest::Group { key, call } => {
+            ShardResponse::Group(shard.groups.handle(shard, key, *call).await)
         }
         ShardRequest::ListOffsets { items } => {
             ShardResponse::Offsets(crate::data::list_offsets_local(shard, items).await)

@@ -72,10 +72,13 @@ mod tests {
         let r = response(0);
         assert_eq!(r.api_keys.len(), APIS.len());
         // Not implemented, so not advertised.
-        assert!(r
-            .api_keys
-            .iter()
-            .all(|k| k.api_key != ApiKey::FindCoordinator as i16));
+        for absent in [
+            ApiKey::TxnOffsetCommit,
+            ApiKey::ConsumerGroupHeartbeat,
+            ApiKey::AddPartitionsToTxn,
+        ] {
+            assert!(r.api_keys.iter().all(|k| k.api_key != absent as i16));
+        }
         let produce = r
             .api_keys
             .iter()

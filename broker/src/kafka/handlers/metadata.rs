@@ -15,6 +15,7 @@ fn topic_entry(t: &TopicMeta, node: i32) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(s(t.name.clone()))))
         .with_topic_id(t.id)
+        .with_is_internal(t.name == crate::groups::OFFSETS_TOPIC)
         .with_partitions(
             (0..t.partition_shards.len() as i32)
                 .map(|p| {

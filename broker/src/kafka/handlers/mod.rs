@@ -5,14 +5,25 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
@@ -117,6 +128,72 @@ pub async fn route(ctx: Ctx, key: ApiKey, corr: i32, body: Bytes) -> Reply {
         ApiKey::DescribeCluster => {
             serve(key, v, corr, body, |r: DescribeClusterRequest| async move {
                 describe_cluster::handle(&ctx, r)
+            })
+            .await
+        }
+        ApiKey::FindCoordinator => {
+            serve(key, v, corr, body, |r: FindCoordinatorRequest| async move {
+                find_coordinator::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::JoinGroup => {
+            serve(key, v, corr, body, |r: JoinGroupRequest| async move {
+                join_group::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::SyncGroup => {
+            serve(key, v, corr, body, |r: SyncGroupRequest| async move {
+                sync_group::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::Heartbeat => {
+            serve(key, v, corr, body, |r: HeartbeatRequest| async move {
+                heartbeat::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::LeaveGroup => {
+            serve(key, v, corr, body, |r: LeaveGroupRequest| async move {
+                leave_group::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::OffsetCommit => {
+            serve(key, v, corr, body, |r: OffsetCommitRequest| async move {
+                offset_commit::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::OffsetFetch => {
+            serve(key, v, corr, body, |r: OffsetFetchRequest| async move {
+                offset_fetch::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::OffsetDelete => {
+            serve(key, v, corr, body, |r: OffsetDeleteRequest| async move {
+                offset_delete::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::ListGroups => {
+            serve(key, v, corr, body, |r: ListGroupsRequest| async move {
+                list_groups::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::DescribeGroups => {
+            serve(key, v, corr, body, |r: DescribeGroupsRequest| async move {
+                describe_groups::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::DeleteGroups => {
+            serve(key, v, corr, body, |r: DeleteGroupsRequest| async move {
+                delete_groups::handle(&ctx, r).await
             })
             .await
         }
