@@ -3,6 +3,7 @@
 //! [`registry::APIS`] is the single table of implemented APIs and versions; ApiVersions is
 //! generated from it and every request is checked against it before decoding.
 
+pub mod fetch_sessions;
 pub mod handlers;
 pub mod registry;
 

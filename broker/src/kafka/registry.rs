@@ -7,7 +7,7 @@ use kafka_protocol::protocol::VersionRange;
 pub static APIS: &[(ApiKey, i16, i16)] = &[
     // v0-v2 advertised but answered UNSUPPORTED_VERSION (KAFKA-18659; see handlers::produce).
     (ApiKey::Produce, 0, 12),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 4),

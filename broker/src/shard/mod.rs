@@ -115,6 +115,8 @@ pub struct Shard {
     /// The partitions this shard owns.
     pub partitions: PartitionManager,
     pub metrics: ShardMetrics,
+    /// Incremental fetch sessions of this shard's connections (KIP-227).
+    pub fetch_sessions: RefCell<crate::kafka::fetch_sessions::FetchSessions>,
     /// The consumer groups of the offsets partitions this shard owns.
     pub groups: std::rc::Rc<crate::groups::Coordinator>,
     /// Next producer id to hand out (controller shard only); a new block is persisted when it
@@ -139,6 +141,9 @@ impl Shard {
                 metrics.fsync_seconds.clone(),
             ),
             metrics,
+            fetch_sessions: RefCell::new(crate::kafka::fetch_sessions::FetchSessions::new(
+                mesh.shard_id(),
+            )),
             groups: std::rc::Rc::new(crate::groups::Coordinator::new(config.groups.clone())),
             next_producer_id: Cell::new(image.producer_ids_end),
             id: mesh.shard_id(),
