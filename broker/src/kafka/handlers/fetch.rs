@@ -44,6 +44,9 @@ struct Entry {
     slot: Slot,
 }
 
+/// `(partition, fetch offset, partition max bytes)` as a request or session lists it.
+type Wanted = ((TopicRef, i32), i64, i32);
+
 enum Mode {
     /// Epoch -1: no session.
     Sessionless,
@@ -70,7 +73,7 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
             TopicRef::Name(name.0.to_string())
         }
     };
-    let wanted: Vec<((TopicRef, i32), i64, i32)> = req
+    let wanted: Vec<Wanted> = req
         .topics
         .iter()
         .flat_map(|t| {
@@ -100,7 +103,7 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         .collect();
 
     // Which partitions this fetch reads, and what it tells the session.
-    let (mode, list): (Mode, Vec<((TopicRef, i32), i64, i32)>) = {
+    let (mode, list): (Mode, Vec<Wanted>) = {
         let mut sessions = shard.fetch_sessions.borrow_mut();
         match (req.session_id, req.session_epoch) {
             (id, -1) => {
