@@ -6,7 +6,7 @@ use kafka_protocol::protocol::VersionRange;
 /// `(api, min, max)`. A version is listed only when its handler serves it completely.
 pub static APIS: &[(ApiKey, i16, i16)] = &[
     // v0-v2 advertised but answered UNSUPPORTED_VERSION (KAFKA-18659; see handlers::produce).
-    (ApiKey::Produce, 0, 12),
+    (ApiKey::Produce, 0, 13),
     (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 13),

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
-use spate_storage::log::batch::{BatchError, BatchHeader, RecordBatch};
+use spate_storage::log::batch::{BatchError, BatchHeader, RecordBatch, BATCH_HEADER_LEN};
 
 use super::s;
 use crate::data::{by_shard, fan_out};
@@ -73,6 +73,7 @@ fn with_log_append_time(batch: &RecordBatch, now: i64) -> Result<RecordBatch, Ba
 pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
     let shard = &ctx.shard;
     let now = now_ms();
+    let by_id = ctx.version >= 13;
     // (owner shard, result slot, item) for every partition that passes validation.
     let mut items = Vec::new();
     let mut plans: Vec<Vec<PartitionPlan>> = Vec::with_capacity(req.topic_data.len());
@@ -81,7 +82,11 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
         let node = shard.config.node_id;
         let mut slot = 0usize;
         for t in &req.topic_data {
-            let topic = img.topics.get(t.name.0.as_str());
+            let topic = if by_id {
+                img.topic_by_id(&t.topic_id)
+            } else {
+                img.topics.get(t.name.0.as_str())
+            };
             let mut tp = Vec::with_capacity(t.partition_data.len());
             for p in &t.partition_data {
                 let this_slot = slot;
@@ -92,9 +97,23 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     log_append_time: -1,
                 };
                 let Some(topic) = topic else {
-                    tp.push(fail(ResponseError::UnknownTopicOrPartition, None));
+                    tp.push(fail(
+                        if by_id {
+                            ResponseError::UnknownTopicId
+                        } else {
+                            ResponseError::UnknownTopicOrPartition
+                        },
+                        None,
+                    ));
                     continue;
                 };
+                if topic.name == crate::groups::OFFSETS_TOPIC {
+                    tp.push(fail(
+                        ResponseError::InvalidTopicException,
+                        Some(format!("Cannot append to internal topic {}", topic.name)),
+                    ));
+                    continue;
+                }
                 let Some(owner) = usize::try_from(p.index)
                     .ok()
                     .and_then(|i| topic.partition_shards.get(i))
@@ -133,6 +152,14 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     ));
                     continue;
                 }
+                let batch = match recompress(&batch, &config("compression.type"), max_bytes) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tp.push(fail(ResponseError::CorruptMessage, Some(e)));
+                        continue;
+                    }
+                };
+                let h: &BatchHeader = batch.header();
                 let log_append = config("message.timestamp.type") == "LogAppendTime";
                 let batch = if log_append {
                     match with_log_append_time(&batch, now) {
@@ -191,10 +218,20 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
         slots_per_request.push(slots);
         requests.push((to, ShardRequest::Produce { items, wait }));
     }
-    let answers = fan_out(shard, requests).await;
+    // The appends happen when the owning shards receive the requests; the timeout bounds
+    // only the wait for durability (as Kafka's bounds the wait for replication).
+    let answers = if req.timeout_ms > 0 && wait {
+        let limit = std::time::Duration::from_millis(req.timeout_ms as u64);
+        glommio::timer::timeout(limit, async { Ok(fan_out(shard, requests).await) })
+            .await
+            .unwrap_or_default()
+    } else {
+        fan_out(shard, requests).await
+    };
     if req.acks == 0 {
         return None;
     }
+    let timed_out = answers.is_empty();
     let mut outcomes = std::collections::HashMap::new();
     for (slots, answer) in slots_per_request.into_iter().zip(answers) {
         match answer {
@@ -233,6 +270,9 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                             .with_error_code(plan.error.code())
                             .with_error_message(plan.message.map(s));
                     }
+                    if timed_out {
+                        return base.with_error_code(ResponseError::RequestTimedOut.code());
+                    }
                     match outcomes.remove(&this_slot) {
                         Some(Ok(o)) if o.error == ResponseError::Unknown(0) => base
                             .with_base_offset(o.base_offset)
@@ -243,12 +283,86 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     }
                 })
                 .collect();
-            TopicProduceResponse::default()
-                .with_name(t.name.clone())
-                .with_partition_responses(partition_responses)
+            let r = TopicProduceResponse::default().with_partition_responses(partition_responses);
+            if by_id {
+                r.with_topic_id(t.topic_id)
+            } else {
+                r.with_name(t.name.clone())
+            }
         })
         .collect();
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// Kafka's codec names for `compression.type`, by the batch attribute's codec id.
+const CODECS: [&str; 5] = ["uncompressed", "gzip", "snappy", "lz4", "zstd"];
+
+/// Re-compresses a batch whose codec differs from the topic's `compression.type` (unless that
+/// is `producer`), as Kafka does. Only the records section changes codec: records stay
+/// byte-for-byte what the producer sent (duplicate header keys included); the header gets the
+/// new codec, length and CRC.
+fn recompress(
+    batch: &RecordBatch,
+    topic_codec: &str,
+    max_bytes: usize,
+) -> Result<RecordBatch, String> {
+    let h = batch.header();
+    let codec = (h.attributes & 0x07) as usize;
+    let Some(target) = CODECS.iter().position(|c| *c == topic_codec) else {
+        return Ok(batch.clone()); // "producer": keep what the producer sent
+    };
+    if target == codec {
+        return Ok(batch.clone());
+    }
+    let raw = batch.bytes();
+    let plain = decompress(codec, raw.slice(BATCH_HEADER_LEN..))
+        .map_err(|e| format!("decompressing {} records: {e}", CODECS[codec]))?;
+    let packed =
+        compress(target, &plain).map_err(|e| format!("compressing as {topic_codec}: {e}"))?;
+    let mut b = BytesMut::with_capacity(BATCH_HEADER_LEN + packed.len());
+    b.extend_from_slice(&raw[..BATCH_HEADER_LEN]);
+    b.extend_from_slice(&packed);
+    let batch_length = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attrs = (h.attributes & !0x07) | target as i16;
+    b[21..23].copy_from_slice(&attrs.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    let len = b.len();
+    RecordBatch::validate(b.freeze(), max_bytes.max(len))
+        .map_err(|e| format!("recompressed batch: {e}"))
+}
+
+fn decompress(codec: usize, mut data: Bytes) -> anyhow::Result<Bytes> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let take = |out: &mut Bytes| Ok(out.clone());
+    match codec {
+        0 => Ok(data),
+        1 => <Gzip as Decompressor<Bytes>>::decompress(&mut data, take),
+        2 => <Snappy as Decompressor<Bytes>>::decompress(&mut data, take),
+        3 => <Lz4 as Decompressor<Bytes>>::decompress(&mut data, take),
+        4 => <Zstd as Decompressor<Bytes>>::decompress(&mut data, take),
+        other => anyhow::bail!("unknown codec {other}"),
+    }
+}
+
+fn compress(codec: usize, plain: &[u8]) -> anyhow::Result<BytesMut> {
+    use bytes::BufMut;
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+    let mut out = BytesMut::new();
+    let fill = |tmp: &mut BytesMut| {
+        tmp.put_slice(plain);
+        Ok(())
+    };
+    match codec {
+        0 => out.put_slice(plain),
+        1 => <Gzip as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        2 => <Snappy as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        3 => <Lz4 as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        4 => <Zstd as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        other => anyhow::bail!("unknown codec {other}"),
+    }
+    Ok(out)
 }
 
 /// Produce v0–v2 are advertised (Kafka 4 does the same, KAFKA-18659: librdkafka enables
