@@ -35,8 +35,10 @@ if [[ "${SPATE_SKIP_RUST:-0}" != "1" ]]; then
 
   section "cargo build spated"
   cargo build -p spate-broker --bin spated
+  cargo build -p spate-tools --bin spate
 fi
 export SPATE_BIN="${SPATE_BIN:-$target_dir/debug/spated}"
+export SPATE_CLI="${SPATE_CLI:-$target_dir/debug/spate}"
 
 section "system test dependencies"
 pip_install() {
