@@ -151,8 +151,17 @@ pub async fn wait_local(shard: &Shard, items: Vec<(PartitionKey, i64)>, max_wait
     .await;
 }
 
-/// `(error, offset, timestamp)` per item: -2 earliest, -1 latest, else the first record at or
-/// after the timestamp (offset -1 when none is).
+/// ListOffsets' special timestamps (KIP-734, KIP-1005): the record with the largest
+/// timestamp, the earliest local offset (= earliest: no tiered storage), the latest tiered
+/// offset (none: -1).
+pub const MAX_TIMESTAMP: i64 = -3;
+pub const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
+pub const LATEST_TIERED_TIMESTAMP: i64 = -5;
+/// Internal: the log end offset (OffsetForLeaderEpoch), never sent by clients.
+pub const LOG_END_OFFSET: i64 = i64::MIN;
+
+/// `(error, offset, timestamp)` per item: -2 earliest, -1 latest, the special values above,
+/// else the first record at or after the timestamp (offset -1 when none is).
 pub async fn list_offsets_local(
     shard: &Shard,
     items: Vec<(PartitionKey, i64)>,
@@ -164,8 +173,18 @@ pub async fn list_offsets_local(
             continue;
         };
         out.push(match ts {
-            -2 => (ResponseError::Unknown(0), p.log_start_offset(), -1),
+            -2 | EARLIEST_LOCAL_TIMESTAMP => (ResponseError::Unknown(0), p.log_start_offset(), -1),
             -1 => (ResponseError::Unknown(0), p.high_watermark(), -1),
+            LOG_END_OFFSET => (ResponseError::Unknown(0), p.log_end_offset(), -1),
+            LATEST_TIERED_TIMESTAMP => (ResponseError::Unknown(0), -1, -1),
+            MAX_TIMESTAMP => match p.max_timestamp_offset().await {
+                Ok(Some((offset, t))) => (ResponseError::Unknown(0), offset, t),
+                Ok(None) => (ResponseError::Unknown(0), -1, -1),
+                Err(e) => {
+                    warn!(topic = %p.topic, partition = k.1, error = %e, "max timestamp lookup");
+                    (ResponseError::KafkaStorageError, -1, -1)
+                }
+            },
             ts if ts < 0 => (ResponseError::InvalidRequest, -1, -1),
             ts => match p.offset_for_timestamp(ts).await {
                 Ok(Some((offset, t))) => (ResponseError::Unknown(0), offset, t),

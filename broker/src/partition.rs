@@ -34,6 +34,10 @@ pub const SINGLE_NODE_TERM: u64 = 0;
 pub struct Partition {
     pub key: PartitionKey,
     pub topic: String,
+    /// The partition's directory (for the log start checkpoint).
+    path: PathBuf,
+    /// Serializes log start checkpoint writes.
+    start_lock: glommio::sync::Semaphore,
     log: RefCell<PartitionLog<DmaDir>>,
     dir: DmaDir,
     flushing: Cell<bool>,
@@ -141,6 +145,74 @@ impl Partition {
             glommio::yield_if_needed().await;
         }
         Ok(None)
+    }
+
+    /// DeleteRecords: moves the log start to `offset` (-1: the high watermark) and persists
+    /// it before answering. Returns the new log start (Kafka's low watermark).
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, ResponseError> {
+        let hw = self.high_watermark();
+        let target = if offset == -1 { hw } else { offset };
+        if target < 0 || target > hw {
+            return Err(ResponseError::OffsetOutOfRange);
+        }
+        let _permit = self
+            .start_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ResponseError::KafkaStorageError)?;
+        let moved = self
+            .log
+            .borrow_mut()
+            .advance_log_start(target as u64)
+            .map_err(|e| {
+                warn!(topic = %self.topic, partition = self.key.1, error = %e, "moving the log start");
+                ResponseError::KafkaStorageError
+            })?;
+        let start = self.log_start_offset();
+        if moved {
+            let dir = self.path.clone();
+            glommio::executor()
+                .spawn_blocking(move || spate_storage::log::checkpoint::write(&dir, start as u64))
+                .await
+                .map_err(|e| {
+                    error!(topic = %self.topic, partition = self.key.1, error = %e,
+                        "persisting the log start");
+                    ResponseError::KafkaStorageError
+                })?;
+            info!(topic = %self.topic, partition = self.key.1, log_start = start, "records deleted");
+        }
+        Ok(start)
+    }
+
+    /// ListOffsets MAX_TIMESTAMP: the first record with the largest timestamp below the high
+    /// watermark, as `(offset, timestamp)`.
+    pub async fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, String> {
+        let hw = self.high_watermark().max(0) as u64;
+        let mut best: Option<(BatchHeader, Bytes)> = None;
+        self.scan_batches(hw, |h, b| {
+            if best
+                .as_ref()
+                .is_none_or(|(bh, _)| h.max_timestamp > bh.max_timestamp)
+            {
+                best = Some((*h, b));
+            }
+            ControlFlow::<()>::Continue(())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let Some((h, mut batch)) = best else {
+            return Ok(None);
+        };
+        if h.attributes & 0x08 != 0 {
+            return Ok(Some((h.base_offset, h.max_timestamp)));
+        }
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch)
+            .map_err(|e| format!("decoding batch at offset {}: {e}", h.base_offset))?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| r.timestamp == h.max_timestamp)
+            .map(|r| (r.offset, r.timestamp)))
     }
 
     /// Visits every batch below the high watermark, in order (for replaying internal topics).
@@ -407,15 +479,35 @@ impl PartitionManager {
             max_batch_bytes: crate::limits::REQUEST_FRAME_BYTES_MAX,
             ..LogConfig::default()
         };
-        let (log, report) = PartitionLog::open(dir.clone(), config)
+        let (mut log, report) = PartitionLog::open(dir.clone(), config)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(t) = &report.truncated {
             warn!(%topic, partition = key.1, truncation = ?t, "recovery truncated a corrupt or torn tail");
         }
+        let checkpoint_dir = path.clone();
+        let saved = glommio::executor()
+            .spawn_blocking(move || spate_storage::log::checkpoint::read(&checkpoint_dir))
+            .await;
+        match saved {
+            Ok(Some(start)) => {
+                let committed = log.committed_offset();
+                if start > committed {
+                    warn!(%topic, partition = key.1, checkpoint = start, log_end = committed,
+                        "log start checkpoint is past the log end; starting at the log end");
+                }
+                log.advance_log_start(start.min(committed))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(%topic, partition = key.1, error = %e,
+                "ignoring an unreadable log start checkpoint; the log starts at its first batch"),
+        }
         let p = Rc::new(Partition {
             key,
             topic: topic.to_string(),
+            path,
+            start_lock: glommio::sync::Semaphore::new(1),
             log: RefCell::new(log),
             dir,
             flushing: Cell::new(false),

@@ -75,6 +75,8 @@ pub enum ShardRequest {
     },
     /// `(partition, timestamp)`: -2 earliest, -1 latest, else by time.
     ListOffsets { items: Vec<(PartitionKey, i64)> },
+    /// DeleteRecords: `(partition, offset)`, -1 meaning the high watermark.
+    DeleteRecords { items: Vec<(PartitionKey, i64)> },
     /// A metadata change, for the controller shard.
     Controller(ControllerRequest),
     /// A consumer-group request for the coordinator of offsets partition `key`.
@@ -98,6 +100,8 @@ pub enum ShardResponse {
     /// `(error, offset, timestamp)` per item.
     Offsets(Vec<(ResponseError, i64, i64)>),
     Group(crate::groups::GroupAnswer),
+    /// `(error, new log start)` per item.
+    Deleted(Vec<(ResponseError, i64)>),
 }
 
 pub struct Shard {
@@ -320,6 +324,19 @@ pub async fn handle_shard_request(shard: &Shard, req: ShardRequest) -> ShardResp
         }
         ShardRequest::Group { key, call } => {
             ShardResponse::Group(shard.groups.handle(shard, key, *call).await)
+        }
+        ShardRequest::DeleteRecords { items } => {
+            let mut out = Vec::with_capacity(items.len());
+            for (key, offset) in items {
+                out.push(match shard.partitions.get(&key) {
+                    None => (ResponseError::NotLeaderOrFollower, -1),
+                    Some(p) => match p.delete_records(offset).await {
+                        Ok(start) => (ResponseError::Unknown(0), start),
+                        Err(e) => (e, -1),
+                    },
+                });
+            }
+            ShardResponse::Deleted(out)
         }
         ShardRequest::ListOffsets { items } => {
             ShardResponse::Offsets(crate::data::list_offsets_local(shard, items).await)

@@ -25,6 +25,7 @@
 
 pub mod appender;
 pub mod batch;
+pub mod checkpoint;
 pub mod faulty;
 pub mod file;
 pub mod recovery;
@@ -819,6 +820,26 @@ impl<D: SegmentDir> PartitionLog<D> {
         if let Ok(file) = Rc::try_unwrap(file) {
             file.close().await.map_err(io_err(&seg.name, "close"))?;
         }
+        Ok(true)
+    }
+
+    /// Moves the log start offset forward to `offset` (≤ the committed offset) without any
+    /// I/O, so a caller may do it while appends go on; the files below it are reclaimed by
+    /// [`Self::truncate_prefix`]. Persisting the new start is the caller's (see
+    /// [`checkpoint`]). Returns whether the start moved.
+    pub fn advance_log_start(&mut self, offset: u64) -> Result<bool, LogError> {
+        self.check_ok()?;
+        if offset <= self.log_start {
+            return Ok(false);
+        }
+        if offset > self.committed_offset {
+            return Err(LogError::BeyondCommitted {
+                offset,
+                committed: self.committed_offset,
+            });
+        }
+        self.log_start = offset;
+        self.check_offsets();
         Ok(true)
     }
 

@@ -1,6 +1,9 @@
-//! ListOffsets (key 2), v1–v6: the earliest (-2) and latest (-1) offsets of partitions, and
-//! the first offset at or after a timestamp (found by scanning batch headers until the time
-//! index exists; see `Partition::offset_for_timestamp`).
+//! ListOffsets (key 2), v1–v10: the earliest (-2) and latest (-1) offsets of partitions, the
+//! first offset at or after a timestamp (found by scanning batch headers until the time index
+//! exists; see `Partition::offset_for_timestamp`), the record with the largest timestamp (-3,
+//! v7+), the earliest local offset (-4, v8+: the earliest, there is no tiered storage) and the
+//! latest tiered offset (-5, v9+: -1). A special value the version does not know gets
+//! UNSUPPORTED_VERSION; any other negative timestamp searches from the first record, as Kafka.
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -8,7 +11,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::data::{by_shard, fan_out};
+use crate::data::{self, by_shard, fan_out};
 use crate::kafka::Ctx;
 use crate::shard::{ShardRequest, ShardResponse};
 
@@ -28,11 +31,25 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         .and_then(|i| topic.partition_shards.get(i))
                         .map(|o| (topic.id, *o as usize % shard.mesh.nr_shards()))
                 });
+                let needs = match p.timestamp {
+                    data::MAX_TIMESTAMP => 7,
+                    data::EARLIEST_LOCAL_TIMESTAMP => 8,
+                    data::LATEST_TIERED_TIMESTAMP => 9,
+                    _ => 0,
+                };
+                let ts = if p.timestamp < data::LATEST_TIERED_TIMESTAMP {
+                    0
+                } else {
+                    p.timestamp
+                };
                 match owner {
                     None => r.push((ResponseError::UnknownTopicOrPartition, -1, -1)),
+                    Some(_) if ctx.version < needs => {
+                        r.push((ResponseError::UnsupportedVersion, -1, -1))
+                    }
                     Some((id, o)) => {
                         r.push((ResponseError::Unknown(0), -1, -1));
-                        wanted.push((o, 0, ((ti, pi), ((id, p.partition_index), p.timestamp))));
+                        wanted.push((o, 0, ((ti, pi), ((id, p.partition_index), ts))));
                     }
                 }
             }
@@ -77,7 +94,7 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                                 .with_offset(offset);
                             // leader_epoch exists from v4 on; encoding it earlier fails.
                             if ctx.version >= 4 {
-                                r.with_leader_epoch(0)
+                                r.with_leader_epoch(if offset >= 0 { 0 } else { -1 })
                             } else {
                                 r
                             }

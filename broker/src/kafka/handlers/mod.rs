@@ -6,6 +6,7 @@ pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -22,6 +23,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
@@ -195,6 +197,24 @@ pub async fn route(ctx: Ctx, key: ApiKey, corr: i32, body: Bytes) -> Reply {
             serve(key, v, corr, body, |r: DeleteGroupsRequest| async move {
                 delete_groups::handle(&ctx, r).await
             })
+            .await
+        }
+        ApiKey::DeleteRecords => {
+            serve(key, v, corr, body, |r: DeleteRecordsRequest| async move {
+                delete_records::handle(&ctx, r).await
+            })
+            .await
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            serve(
+                key,
+                v,
+                corr,
+                body,
+                |r: OffsetForLeaderEpochRequest| async move {
+                    offset_for_leader_epoch::handle(&ctx, r).await
+                },
+            )
             .await
         }
         other => Reply::Close(format!("API {other:?} has no handler")),
