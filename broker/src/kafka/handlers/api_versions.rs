@@ -84,6 +84,6 @@ mod tests {
             .iter()
             .find(|k| k.api_key == ApiKey::Produce as i16)
             .unwrap();
-        assert_eq!((produce.min_version, produce.max_version), (0, 12));
+        assert_eq!((produce.min_version, produce.max_version), (0, 13));
     }
 }
