@@ -60,7 +60,7 @@ command -v mvn >/dev/null || { echo "maven is required to fetch the Kafka jars" 
 export SPATE_KAFKA_LIB="${SPATE_KAFKA_LIB:-$target_dir/kafka-jars/lib}"
 bash broker/tests/system/fetch-kafka-jars.sh "$SPATE_KAFKA_LIB"
 
-# kcat is handy for poking at the broker by hand; no test needs it yet, so never fail on it.
+# kcat: its tests (test_produce_fetch, test_client_matrix) skip without it, so never fail on it.
 if ! command -v kcat >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat) \
@@ -70,6 +70,29 @@ if ! command -v kcat >/dev/null 2>&1; then
   fi
 else
   echo "kcat: present"
+fi
+
+# Client-matrix drivers (test_client_matrix.py; its fixtures build them, see
+# broker/tests/system/clients/README.md): franz-go modules into the Go module cache and one
+# build to fill Go's build cache (~45 s the first time on 2 cores, ~1 s after), kafkajs
+# packages via npm ci (only when package-lock.json changed since the last install).
+if command -v go >/dev/null 2>&1; then
+  (cd broker/tests/system/clients/go && go mod download &&
+    GOFLAGS="-mod=readonly -buildvcs=false" go build -o "$target_dir/client-matrix/franzclient" .)
+  echo "franz-go driver: ok"
+else
+  echo "go: not installed (franz-go tests skipped)"
+fi
+if command -v npm >/dev/null 2>&1; then
+  js=broker/tests/system/clients/js
+  lock_sum="$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)"
+  if [[ "$(cat "$js/node_modules/.spate-lock.sha256" 2>/dev/null)" != "$lock_sum" ]]; then
+    (cd "$js" && npm ci --no-audit --no-fund --prefer-offline --loglevel=error)
+    echo "$lock_sum" >"$js/node_modules/.spate-lock.sha256"
+  fi
+  echo "kafkajs packages: ok"
+else
+  echo "node/npm: not installed (kafkajs tests skipped)"
 fi
 
 section "system tests (target: ${SPATE_TEST_TARGET:-spate})"
