@@ -5,6 +5,7 @@
 
 pub mod fetch_sessions;
 pub mod handlers;
+pub mod records;
 pub mod registry;
 
 use std::future::Future;

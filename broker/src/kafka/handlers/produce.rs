@@ -1,26 +1,30 @@
-//! Produce (key 0), v3–v12.
+//! Produce (key 0), v3–v13.
 //!
 //! Decode → validate every partition's batch on this shard (exactly one v2 batch, length,
-//! CRC-32C, record count, the topic's `max.message.bytes` and timestamp rules) → one request
+//! CRC-32C, the records themselves — decompressed when compressed: count, offset deltas, keys
+//! on compacted topics (see `kafka::records`) —, the topic's `max.message.bytes` and timestamp
+//! rules; recompression when the topic names a codec) → one request
 //! per owning shard → answer once the batches are durable (acks=1 and acks=all; acks=0 sends
 //! no response). Record batches stay `Bytes` slices of the request until the appender copies
 //! them into its aligned DMA buffer.
 //!
 //! Idempotent batches are checked against the partition's producer state on the owning shard
 //! (duplicates answered with their original offsets). Not yet: transactions (transactional
-//! batches get INVALID_TXN_STATE), recompression for a topic whose
-//! `compression.type` names a codec, Produce v13 (topic ids).
+//! batches get INVALID_TXN_STATE). Produce v13 addresses topics by id.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use spate_storage::log::batch::{BatchError, BatchHeader, RecordBatch, BATCH_HEADER_LEN};
 
 use super::s;
 use crate::data::{by_shard, fan_out};
+use crate::kafka::records;
 use crate::kafka::Ctx;
 use crate::metadata::configs::topic_config;
 use crate::shard::{ProduceItem, ShardRequest, ShardResponse};
@@ -45,6 +49,8 @@ struct PartitionPlan {
     error: ResponseError,
     message: Option<String>,
     log_append_time: i64,
+    /// The first bad record's index and why (Produce v8+ `record_errors`).
+    record_error: Option<(i32, String)>,
 }
 
 fn batch_error(e: &BatchError) -> ResponseError {
@@ -95,6 +101,13 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     error,
                     message,
                     log_append_time: -1,
+                    record_error: None,
+                };
+                let fail_record = |e: records::RecordError| PartitionPlan {
+                    error: e.code,
+                    message: Some(e.message.clone()),
+                    log_append_time: -1,
+                    record_error: e.index.map(|i| (i, e.message)),
                 };
                 let Some(topic) = topic else {
                     tp.push(fail(
@@ -152,7 +165,20 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     ));
                     continue;
                 }
-                let batch = match recompress(&batch, &config("compression.type"), max_bytes) {
+                let plain = match records::plain_records(&batch) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tp.push(fail_record(e));
+                        continue;
+                    }
+                };
+                let compacted = config("cleanup.policy").contains("compact");
+                if let Err(e) = records::check_records(&plain, h.record_count, compacted) {
+                    tp.push(fail_record(e));
+                    continue;
+                }
+                let batch = match recompress(&batch, &plain, &config("compression.type"), max_bytes)
+                {
                     Ok(b) => b,
                     Err(e) => {
                         tp.push(fail(ResponseError::CorruptMessage, Some(e)));
@@ -202,6 +228,7 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     error: ResponseError::Unknown(0),
                     message: None,
                     log_append_time: if log_append { now } else { -1 },
+                    record_error: None,
                 });
             }
             plans.push(tp);
@@ -266,6 +293,20 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                         .with_base_offset(-1)
                         .with_log_start_offset(-1);
                     if plan.error != ResponseError::Unknown(0) {
+                        let base = if ctx.version >= 8 {
+                            base.with_record_errors(
+                                plan.record_error
+                                    .into_iter()
+                                    .map(|(i, m)| {
+                                        BatchIndexAndErrorMessage::default()
+                                            .with_batch_index(i)
+                                            .with_batch_index_error_message(Some(s(m)))
+                                    })
+                                    .collect(),
+                            )
+                        } else {
+                            base
+                        };
                         return base
                             .with_error_code(plan.error.code())
                             .with_error_message(plan.message.map(s));
@@ -303,6 +344,7 @@ const CODECS: [&str; 5] = ["uncompressed", "gzip", "snappy", "lz4", "zstd"];
 /// new codec, length and CRC.
 fn recompress(
     batch: &RecordBatch,
+    plain: &Bytes,
     topic_codec: &str,
     max_bytes: usize,
 ) -> Result<RecordBatch, String> {
@@ -315,10 +357,8 @@ fn recompress(
         return Ok(batch.clone());
     }
     let raw = batch.bytes();
-    let plain = decompress(codec, raw.slice(BATCH_HEADER_LEN..))
-        .map_err(|e| format!("decompressing {} records: {e}", CODECS[codec]))?;
     let packed =
-        compress(target, &plain).map_err(|e| format!("compressing as {topic_codec}: {e}"))?;
+        compress(target, plain).map_err(|e| format!("compressing as {topic_codec}: {e}"))?;
     let mut b = BytesMut::with_capacity(BATCH_HEADER_LEN + packed.len());
     b.extend_from_slice(&raw[..BATCH_HEADER_LEN]);
     b.extend_from_slice(&packed);
@@ -331,19 +371,6 @@ fn recompress(
     let len = b.len();
     RecordBatch::validate(b.freeze(), max_bytes.max(len))
         .map_err(|e| format!("recompressed batch: {e}"))
-}
-
-fn decompress(codec: usize, mut data: Bytes) -> anyhow::Result<Bytes> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
-    let take = |out: &mut Bytes| Ok(out.clone());
-    match codec {
-        0 => Ok(data),
-        1 => <Gzip as Decompressor<Bytes>>::decompress(&mut data, take),
-        2 => <Snappy as Decompressor<Bytes>>::decompress(&mut data, take),
-        3 => <Lz4 as Decompressor<Bytes>>::decompress(&mut data, take),
-        4 => <Zstd as Decompressor<Bytes>>::decompress(&mut data, take),
-        other => anyhow::bail!("unknown codec {other}"),
-    }
 }
 
 fn compress(codec: usize, plain: &[u8]) -> anyhow::Result<BytesMut> {
