@@ -1,9 +1,10 @@
 //! The admin HTTP API, on its own thread (never a shard's time).
 //!
 //! Serves `GET /v1/status/live` (the process answers), `GET /v1/status/ready` (every shard
-//! listens for Kafka clients and the node is not shutting down) and `GET /metrics`
-//! (Prometheus text format, see [`crate::metrics`]). The cluster, partition and shard views
-//! come with the operator-experience issue.
+//! listens for Kafka clients and the node is not shutting down), `GET /v1/cluster`,
+//! `GET /v1/shards` (partitions and load per shard), `GET /v1/partitions[?topic=NAME]`
+//! (offsets per partition) — JSON from the snapshot the shards publish every second (see
+//! [`crate::view`]) — and `GET /metrics` (Prometheus text format, see [`crate::metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +23,25 @@ pub struct AdminState {
     pub listening: Arc<AtomicUsize>,
     /// Set on SIGTERM/SIGINT.
     pub stopping: Arc<AtomicBool>,
+    /// What the shards publish.
+    pub view: Arc<crate::view::NodeView>,
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Response<std::io::Cursor<Vec<u8>>> {
+    match serde_json::to_string(v) {
+        Ok(body) => json(200, body),
+        Err(e) => json(500, format!(r#"{{"error":"encoding: {e}"}}"#)),
+    }
+}
+
+/// The value of `key` in a query string (no percent-decoding beyond `+`; topic names are
+/// `[a-zA-Z0-9._-]`).
+fn query_param(url: &str, key: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.replace('+', " "))
+    })
 }
 
 pub struct AdminServer {
@@ -70,6 +90,20 @@ fn serve(server: Server, state: AdminState, done: Arc<AtomicBool>) {
         let path = request.url().split('?').next().unwrap_or("").to_string();
         let response = match (request.method(), path.as_str()) {
             (Method::Get, "/v1/status/live") => json(200, r#"{"status":"live"}"#.into()),
+            (Method::Get, "/v1/cluster") => {
+                let c = state
+                    .view
+                    .cluster
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                to_json(&c)
+            }
+            (Method::Get, "/v1/shards") => to_json(&state.view.shard_views()),
+            (Method::Get, "/v1/partitions") => {
+                let topic = query_param(request.url(), "topic");
+                to_json(&state.view.partition_views(topic.as_deref()))
+            }
             (Method::Get, "/metrics") => {
                 let header =
                     Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
@@ -92,9 +126,11 @@ fn serve(server: Server, state: AdminState, done: Arc<AtomicBool>) {
                     json(200, r#"{"status":"ready"}"#.into())
                 }
             }
-            (_, "/v1/status/live" | "/v1/status/ready") => {
-                json(405, r#"{"error":"method not allowed"}"#.into())
-            }
+            (
+                _,
+                "/v1/status/live" | "/v1/status/ready" | "/v1/cluster" | "/v1/shards"
+                | "/v1/partitions" | "/metrics",
+            ) => json(405, r#"{"error":"method not allowed"}"#.into()),
             _ => json(
                 404,
                 format!(

@@ -39,6 +39,7 @@ pub async fn produce_local(
         match p.append(&item.batch) {
             Ok((base_offset, waiter)) => {
                 shard.metrics.produce_bytes.inc_by(len);
+                p.metrics.produce_bytes.inc_by(len);
                 out.push(ProduceOutcome {
                     error: ResponseError::Unknown(0),
                     base_offset,
@@ -108,6 +109,7 @@ pub async fn fetch_local(shard: &Shard, items: Vec<FetchItem>) -> Vec<FetchOutco
         };
         any |= !records.is_empty();
         shard.metrics.fetch_bytes.inc_by(records.len() as u64);
+        p.metrics.fetch_bytes.inc_by(records.len() as u64);
         out.push(FetchOutcome {
             error,
             high_watermark: hw,

@@ -14,3 +14,4 @@ pub mod partition;
 pub mod producer_state;
 pub mod rt;
 pub mod shard;
+pub mod view;

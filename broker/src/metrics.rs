@@ -22,6 +22,15 @@ struct Families {
     fetch_bytes: IntCounterVec,
     fsync_seconds: HistogramVec,
     partitions: IntGaugeVec,
+    partition_produce_bytes: IntCounterVec,
+    partition_fetch_bytes: IntCounterVec,
+    partition_high_watermark: IntGaugeVec,
+    partition_log_start: IntGaugeVec,
+    reactor_stalls: IntCounterVec,
+    reactor_lag: HistogramVec,
+    mesh_pending: IntGaugeVec,
+    fetch_sessions: IntGaugeVec,
+    consumer_groups: IntGaugeVec,
 }
 
 fn families() -> &'static Families {
@@ -72,6 +81,61 @@ fn families() -> &'static Families {
             .expect("metric registers once"),
             partitions: register_int_gauge_vec!("spate_partitions", "Partitions owned", &["shard"])
                 .expect("metric registers once"),
+            partition_produce_bytes: register_int_counter_vec!(
+                "spate_partition_produce_bytes_total",
+                "Record-batch bytes appended to a partition",
+                &["topic", "partition"]
+            )
+            .expect("metric registers once"),
+            partition_fetch_bytes: register_int_counter_vec!(
+                "spate_partition_fetch_bytes_total",
+                "Record-batch bytes read from a partition by fetches",
+                &["topic", "partition"]
+            )
+            .expect("metric registers once"),
+            partition_high_watermark: register_int_gauge_vec!(
+                "spate_partition_high_watermark",
+                "A partition's high watermark (updated every second)",
+                &["topic", "partition"]
+            )
+            .expect("metric registers once"),
+            partition_log_start: register_int_gauge_vec!(
+                "spate_partition_log_start_offset",
+                "A partition's log start offset (updated every second)",
+                &["topic", "partition"]
+            )
+            .expect("metric registers once"),
+            reactor_stalls: register_int_counter_vec!(
+                "spate_reactor_stalls_total",
+                "Reactor-lag probe wakeups more than 25 ms late: a task held the shard's reactor",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            reactor_lag: register_histogram_vec!(
+                "spate_reactor_lag_seconds",
+                "How late the shard's 10 ms probe timer fires",
+                &["shard"],
+                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+            )
+            .expect("metric registers once"),
+            mesh_pending: register_int_gauge_vec!(
+                "spate_mesh_pending_requests",
+                "Requests this shard sent other shards that await an answer",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            fetch_sessions: register_int_gauge_vec!(
+                "spate_fetch_sessions",
+                "Open incremental fetch sessions (KIP-227)",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            consumer_groups: register_int_gauge_vec!(
+                "spate_consumer_groups",
+                "Consumer groups this shard coordinates",
+                &["shard"]
+            )
+            .expect("metric registers once"),
         }
     })
 }
@@ -84,6 +148,45 @@ pub struct ShardMetrics {
     pub fetch_bytes: IntCounter,
     pub fsync_seconds: Histogram,
     pub partitions: IntGauge,
+    pub reactor_stalls: IntCounter,
+    pub reactor_lag: Histogram,
+    pub mesh_pending: IntGauge,
+    pub fetch_sessions: IntGauge,
+    pub consumer_groups: IntGauge,
+}
+
+/// One partition's series (labels `topic`, `partition`); removed when the partition goes.
+pub struct PartitionMetrics {
+    labels: [String; 2],
+    pub produce_bytes: IntCounter,
+    pub fetch_bytes: IntCounter,
+    pub high_watermark: IntGauge,
+    pub log_start_offset: IntGauge,
+}
+
+impl PartitionMetrics {
+    pub fn new(topic: &str, partition: i32) -> PartitionMetrics {
+        let f = families();
+        let labels = [topic.to_string(), partition.to_string()];
+        let l = [labels[0].as_str(), labels[1].as_str()];
+        PartitionMetrics {
+            produce_bytes: f.partition_produce_bytes.with_label_values(&l),
+            fetch_bytes: f.partition_fetch_bytes.with_label_values(&l),
+            high_watermark: f.partition_high_watermark.with_label_values(&l),
+            log_start_offset: f.partition_log_start.with_label_values(&l),
+            labels,
+        }
+    }
+
+    /// Drops the partition's series (deleted topic or partition moved away).
+    pub fn remove(&self) {
+        let f = families();
+        let l = [self.labels[0].as_str(), self.labels[1].as_str()];
+        let _ = f.partition_produce_bytes.remove_label_values(&l);
+        let _ = f.partition_fetch_bytes.remove_label_values(&l);
+        let _ = f.partition_high_watermark.remove_label_values(&l);
+        let _ = f.partition_log_start.remove_label_values(&l);
+    }
 }
 
 impl ShardMetrics {
@@ -107,6 +210,11 @@ impl ShardMetrics {
             fetch_bytes: f.fetch_bytes.with_label_values(&[&s]),
             fsync_seconds: f.fsync_seconds.with_label_values(&[&s]),
             partitions: f.partitions.with_label_values(&[&s]),
+            reactor_stalls: f.reactor_stalls.with_label_values(&[&s]),
+            reactor_lag: f.reactor_lag.with_label_values(&[&s]),
+            mesh_pending: f.mesh_pending.with_label_values(&[&s]),
+            fetch_sessions: f.fetch_sessions.with_label_values(&[&s]),
+            consumer_groups: f.consumer_groups.with_label_values(&[&s]),
         }
     }
 

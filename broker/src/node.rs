@@ -103,6 +103,7 @@ struct ShardBoot {
     stop: Arc<AtomicBool>,
     listening: Arc<AtomicUsize>,
     drained: Arc<AtomicUsize>,
+    view: Arc<crate::view::NodeView>,
 }
 
 /// Whether `dir` is on tmpfs (no O_DIRECT: glommio falls back to buffered I/O there).
@@ -157,12 +158,14 @@ pub fn run(config: Config) -> Result<()> {
     }
 
     let listening = Arc::new(AtomicUsize::new(0));
+    let view = crate::view::NodeView::new(config.smp);
     let admin = AdminServer::start(
         config.admin_addr,
         AdminState {
             shards: config.smp,
             listening: listening.clone(),
             stopping: stop.clone(),
+            view: view.clone(),
         },
     )?;
     let boot = ShardBoot {
@@ -173,6 +176,7 @@ pub fn run(config: Config) -> Result<()> {
         stop,
         listening,
         drained: Arc::new(AtomicUsize::new(0)),
+        view,
         config: config.clone(),
     };
     let results = crate::rt::pool(&config)?
@@ -225,6 +229,8 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
         "partitions open"
     );
     crate::groups::start_ticker(shard.clone());
+    crate::view::start_publisher(shard.clone(), boot.view.clone());
+    crate::view::start_lag_probe(shard.clone());
 
     let listener = TcpListener::bind(config.kafka_addr).map_err(|e| {
         anyhow::anyhow!(

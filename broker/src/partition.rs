@@ -38,6 +38,7 @@ pub struct Partition {
     path: PathBuf,
     /// Serializes log start checkpoint writes.
     start_lock: glommio::sync::Semaphore,
+    pub metrics: crate::metrics::PartitionMetrics,
     log: RefCell<PartitionLog<DmaDir>>,
     dir: DmaDir,
     flushing: Cell<bool>,
@@ -415,6 +416,11 @@ impl PartitionManager {
         self.partitions.borrow().len()
     }
 
+    /// Every open partition (for the admin view).
+    pub fn all(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -443,6 +449,7 @@ impl PartitionManager {
             };
             p.deleted.set(true);
             p.wake_fetchers();
+            p.metrics.remove();
             let path = partition_dir(&self.root, &key);
             let removed = glommio::executor()
                 .spawn_blocking(move || std::fs::remove_dir_all(&path))
@@ -508,6 +515,7 @@ impl PartitionManager {
             topic: topic.to_string(),
             path,
             start_lock: glommio::sync::Semaphore::new(1),
+            metrics: crate::metrics::PartitionMetrics::new(topic, key.1),
             log: RefCell::new(log),
             dir,
             flushing: Cell::new(false),

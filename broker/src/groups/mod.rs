@@ -178,6 +178,15 @@ impl Coordinator {
         }
     }
 
+    /// Groups this shard coordinates (loaded so far).
+    pub fn len(&self) -> usize {
+        self.groups.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn next_seq(&self) -> u64 {
         let s = self.seq.get() + 1;
         self.seq.set(s);

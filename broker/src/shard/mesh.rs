@@ -100,6 +100,11 @@ impl Mesh {
         self.nr_shards
     }
 
+    /// Requests sent to other shards still awaiting their answer.
+    pub fn pending(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
     /// Sends `req` to shard `to` and awaits its response.
     pub async fn call(&self, to: usize, req: ShardRequest) -> Result<ShardResponse, MeshError> {
         let outbox = self

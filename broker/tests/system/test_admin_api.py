@@ -1,4 +1,5 @@
-"""The admin HTTP API's health endpoints (spated only; loopback)."""
+"""The admin HTTP API (spated only; loopback): health, the cluster/shards/partitions views and
+/metrics parsed by the reference Prometheus parser, moving with traffic."""
 
 from __future__ import annotations
 
@@ -97,3 +98,53 @@ def test_metrics_are_prometheus_text_and_move_with_traffic(broker):
     assert total(after, "spate_log_fsync_seconds_count") > total(before, "spate_log_fsync_seconds_count")
     assert total(after, "spate_partitions") >= total(before, "spate_partitions") + 2
     assert total(after, "spate_kafka_request_seconds_count", api="Fetch") > 0
+    # Per-partition series and the gauges the shards publish every second.
+    assert total(after, "spate_partition_produce_bytes_total", topic=topic, partition="0") >= 100 * 100
+    assert total(after, "spate_partition_fetch_bytes_total", topic=topic, partition="0") >= 100 * 100
+    assert total(after, "spate_reactor_lag_seconds_count") > 0
+    for family in ("spate_reactor_stalls_total", "spate_mesh_pending_requests",
+                   "spate_fetch_sessions", "spate_consumer_groups"):
+        assert any(n == family for n, _ in after), f"{family} missing"
+    import time
+    deadline = time.time() + 5
+    while total(scrape(broker), "spate_partition_high_watermark", topic=topic, partition="0") != 100:
+        assert time.time() < deadline, "high watermark gauge never reached 100"
+        time.sleep(0.2)
+
+
+def test_cluster_shards_and_partitions_views(broker):
+    import time
+
+    from clients import confluent_admin, create
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import NewTopic
+    from spate_harness import unique_topic
+
+    topic = unique_topic("views")
+    create(confluent_admin(broker.bootstrap), [NewTopic(topic, 3, 1)])
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(30):
+        p.produce(topic, value=b"v", partition=i % 3)
+    assert p.flush(15) == 0
+    deadline = time.time() + 5
+    while True:  # the shards publish once a second
+        status, parts = get(broker, f"/v1/partitions?topic={topic}")
+        assert status == 200
+        if [x["high_watermark"] for x in parts] == [10, 10, 10] or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert [(x["topic"], x["partition"]) for x in parts] == [(topic, i) for i in range(3)]
+    assert all(x["log_start_offset"] == 0 and x["log_end_offset"] == 10 for x in parts), parts
+    assert {x["shard"] for x in parts} <= set(range(broker.smp))
+    status, shards = get(broker, "/v1/shards")
+    assert status == 200
+    assert sorted(s["shard"] for s in shards) == list(range(broker.smp))
+    assert sum(s["partitions"] for s in shards) >= 3
+    assert all(s["produce_bytes"] >= 0 and "reactor_stalls" in s for s in shards)
+    status, cluster = get(broker, "/v1/cluster")
+    assert status == 200
+    assert cluster["node_id"] == 0 and cluster["shards"] == broker.smp
+    assert cluster["kafka_addr"] == f"{HOST}:{broker.port}"
+    assert cluster["topics"] >= 1 and len(cluster["cluster_id"]) == 22
+    status, body = get(broker, "/v1/partitions?topic=no-such-topic")
+    assert (status, body) == (200, [])
