@@ -49,12 +49,15 @@ pub struct PartitionView {
     pub log_end_offset: i64,
 }
 
+/// One shard's published view and its partitions.
+pub type ShardSnapshot = (ShardView, Vec<PartitionView>);
+
 /// Shared between the shards (writers) and the admin thread (reader).
 #[derive(Debug, Default)]
 pub struct NodeView {
     pub cluster: Mutex<ClusterView>,
     /// Indexed by shard id; `None` until the shard first published.
-    pub shards: Mutex<Vec<Option<(ShardView, Vec<PartitionView>)>>>,
+    pub shards: Mutex<Vec<Option<ShardSnapshot>>>,
 }
 
 impl NodeView {
