@@ -345,6 +345,14 @@ impl Coordinator {
             ResponseError::CoordinatorLoadInProgress
         })?;
         let now = Instant::now();
+        // Offsets of topics deleted while the group was not loaded go too (Kafka drops the
+        // offsets of deleted topics).
+        {
+            let img = shard.image.borrow();
+            for offs in offsets.values_mut() {
+                offs.retain(|(t, _), _| img.topics.contains_key(t.as_str()));
+            }
+        }
         let mut groups = self.groups.borrow_mut();
         let mut loaded = 0;
         let names: HashSet<String> = offsets.keys().chain(metas.keys()).cloned().collect();
@@ -940,6 +948,42 @@ impl Coordinator {
                 Err(_) => ResponseError::CoordinatorNotAvailable,
             },
             Err(e) => e,
+        }
+    }
+
+    /// Removes (and tombstones) every committed offset of a deleted topic.
+    pub fn topic_deleted(&self, shard: &Shard, topic: &str) {
+        let mut groups = self.groups.borrow_mut();
+        for (id, g) in groups.iter_mut() {
+            let gone: Vec<(String, i32)> = g
+                .offsets
+                .keys()
+                .filter(|(t, _)| t == topic)
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let records = gone
+                .iter()
+                .map(|(t, p)| {
+                    g.offsets.remove(&(t.clone(), *p));
+                    (
+                        RecordKey::Offset {
+                            group: id.clone(),
+                            topic: t.clone(),
+                            partition: *p,
+                        }
+                        .encode(),
+                        None,
+                    )
+                })
+                .collect();
+            if let Some((_, key)) = coordinator_of(shard, id) {
+                if let Err(e) = Self::write(shard, key, records) {
+                    warn!(group = %id, %topic, error = ?e, "tombstoning offsets of a deleted topic");
+                }
+            }
         }
     }
 

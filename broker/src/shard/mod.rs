@@ -164,7 +164,21 @@ impl Shard {
     /// Applies a committed controller-log entry to this shard's image and opens or deletes
     /// the partitions it now owns or no longer owns.
     pub async fn apply(&self, index: u64, records: &[MetadataRecord]) {
+        let deleted: Vec<String> = {
+            let img = self.image.borrow();
+            records
+                .iter()
+                .filter_map(|r| match r {
+                    MetadataRecord::DeleteTopic { id } => img.names_by_id.get(id).cloned(),
+                    _ => None,
+                })
+                .collect()
+        };
         self.image.borrow_mut().apply(index, records);
+        for topic in deleted {
+            // Kafka drops committed offsets of deleted topics.
+            self.groups.topic_deleted(self, &topic);
+        }
         let image = self.image.borrow().clone();
         self.partitions
             .reconcile(&image, self.mesh.nr_shards())
