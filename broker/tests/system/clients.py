@@ -86,3 +86,47 @@ def tool_ok(name: str, *args: str, timeout: float = 90):
     r = kafka_tool(name, *args, timeout=timeout)
     assert r.rc == 0, f"{name} {' '.join(args)} failed rc={r.rc}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     return r
+
+
+# ---------------------------------------------------------------- consumer groups
+
+
+def group_consumer(bootstrap: str, group: str, **extra):
+    """A confluent-kafka consumer in `group`: manual commits, earliest, 6 s session timeout."""
+    from confluent_kafka import Consumer
+
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+        "log_level": 3,
+    }
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def subscribe_and_wait(consumer, topics: list[str], partitions: int, timeout: float = 30.0) -> list:
+    """subscribe() and poll until `partitions` partitions are assigned; returns the assignment.
+    (Only for a consumer alone in its group; messages polled meanwhile are lost to the caller,
+    so call it before producing or with auto.offset.reset=latest semantics in mind.)"""
+    consumer.subscribe(topics)
+    return wait_until(lambda: (consumer.poll(0.1), len(consumer.assignment()) == partitions)[1]
+                      and consumer.assignment(), timeout=timeout, what=f"{partitions} partitions assigned")
+
+
+def produce_values(bootstrap: str, topic: str, values: dict[int, list[bytes]]) -> None:
+    """Produce `values` ({partition: [value, ...]}) in order, acks=all; fail on any error."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": False, "acks": "all",
+                  "linger.ms": 5, "log_level": 3})
+    errors = []
+    for q, vals in values.items():
+        for v in vals:
+            p.produce(topic, value=v, partition=q,
+                      on_delivery=lambda err, msg: errors.append(err) if err else None)
+    assert p.flush(30) == 0, "produce did not complete"
+    assert not errors, errors

@@ -61,6 +61,9 @@ TOOL_MAIN_CLASSES = {
     "kafka-broker-api-versions": "org.apache.kafka.tools.BrokerApiVersionsCommand",
     "kafka-storage": "kafka.tools.StorageTool",  # Scala, core jar
     "kafka-server": "kafka.Kafka",
+    "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "kafka-console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "kafka-console-producer": "org.apache.kafka.tools.ConsoleProducer",
 }
 
 
@@ -330,6 +333,7 @@ class Broker:
             "num.partitions": "1",
             "default.replication.factor": "1",
             "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "16",  # as spated's __consumer_offsets
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
             "share.coordinator.state.topic.replication.factor": "1",
