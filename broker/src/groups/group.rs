@@ -407,7 +407,8 @@ impl Group {
     }
 
     fn join_unknown(&mut self, a: JoinArgs, now: Instant, initial_delay: Duration) -> JoinStep {
-        let new_id = new_member_id(&a.client_id);
+        // Kafka names a static member after its instance id, a dynamic one after its client.
+        let new_id = new_member_id(a.instance_id.as_deref().unwrap_or(&a.client_id));
         if let Some(instance) = a.instance_id.clone() {
             if let Some(old) = self.static_members.get(&instance).cloned() {
                 return self.replace_static_member(&old, new_id, a, now, initial_delay);

@@ -590,7 +590,10 @@ impl Coordinator {
     ) -> GroupAnswer {
         let mut groups = self.groups.borrow_mut();
         let Some(g) = groups.get_mut(group) else {
-            return GroupAnswer::Leave(ResponseError::UnknownMemberId, Vec::new());
+            // Kafka: every member of an unknown group is an unknown member (v0-2 report it at
+            // the top level).
+            let n = members.len();
+            return GroupAnswer::Leave(ok(), vec![ResponseError::UnknownMemberId; n]);
         };
         let now = Instant::now();
         let errors = members
