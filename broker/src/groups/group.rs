@@ -535,7 +535,14 @@ impl Group {
     /// it can complete.
     fn member_changed(&mut self, now: Instant, initial_delay: Duration) {
         match self.state {
-            State::PreparingRebalance => self.try_complete_join(now),
+            State::PreparingRebalance => {
+                // A member joining during the initial delay extends it (Kafka's
+                // InitialDelayedJoin), up to the rebalance deadline.
+                if let (Some(_), Some(cap)) = (self.join_not_before, self.rebalance_deadline) {
+                    self.join_not_before = Some((now + initial_delay).min(cap));
+                }
+                self.try_complete_join(now)
+            }
             _ => self.prepare_rebalance(now, initial_delay),
         }
     }
@@ -1029,6 +1036,38 @@ mod tests {
         // One vote each: the tie goes to the first candidate in order.
         assert_eq!(ra.protocol_name.as_deref(), Some("range"));
         assert!(g.sync(&b, None, 2, None, None, vec![]).is_wait());
+    }
+
+    #[test]
+    fn initial_delay_waits_and_is_extended_by_new_members() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(3);
+        let mut g = Group::new("g");
+        let join = |g: &mut Group, now| {
+            let r = reply(g.join(args("", &["range"]), now, delay));
+            let id = r.member_id.to_string();
+            let JoinStep::Wait(rx) = g.join(args(&id, &["range"]), now, delay) else {
+                panic!("the first join waits out the delay")
+            };
+            rx
+        };
+        let a = join(&mut g, t0);
+        g.tick(t0 + Duration::from_secs(2));
+        assert!(a.try_recv().is_err(), "still inside the delay");
+        let b = join(&mut g, t0 + Duration::from_secs(2));
+        g.tick(t0 + Duration::from_millis(3500));
+        assert!(
+            a.try_recv().is_err(),
+            "b's join extended the delay to t0+5s"
+        );
+        g.tick(t0 + Duration::from_secs(5));
+        let (ra, rb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        assert_eq!((ra.generation_id, rb.generation_id), (1, 1));
+        assert_eq!(
+            ra.members.len() + rb.members.len(),
+            2,
+            "one rebalance with both"
+        );
     }
 
     #[test]
