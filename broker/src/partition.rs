@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,7 +44,7 @@ pub struct Partition {
     fsync_seconds: prometheus::Histogram,
     producers: RefCell<ProducerStates>,
     /// Fetches parked until the high watermark moves.
-    hw_waiters: RefCell<Vec<Waker>>,
+    hw_waiters: spate_net::wakers::WakerSet,
     deleted: Cell<bool>,
 }
 
@@ -322,22 +321,14 @@ impl Partition {
     }
 
     fn wake_fetchers(&self) {
-        for w in self.hw_waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
+        self.hw_waiters.wake_all();
     }
 
     /// Resolves when the high watermark moves past `seen` (or the partition is deleted).
     pub async fn wait_hw_above(&self, seen: i64) {
-        futures_lite::future::poll_fn(|cx| {
-            if self.deleted.get() || self.high_watermark() > seen {
-                std::task::Poll::Ready(())
-            } else {
-                self.hw_waiters.borrow_mut().push(cx.waker().clone());
-                std::task::Poll::Pending
-            }
-        })
-        .await
+        self.hw_waiters
+            .wait_until(|| self.deleted.get() || self.high_watermark() > seen)
+            .await
     }
 
     /// Whole batches from `offset`, below the high watermark, up to `max_bytes` (but at least
@@ -521,7 +512,7 @@ impl PartitionManager {
             flushing: Cell::new(false),
             fsync_seconds: self.fsync_seconds.clone(),
             producers: RefCell::new(ProducerStates::default()),
-            hw_waiters: RefCell::new(Vec::new()),
+            hw_waiters: spate_net::wakers::WakerSet::new(),
             deleted: Cell::new(false),
         });
         p.rebuild_producer_state()

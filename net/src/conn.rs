@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,31 +58,28 @@ pub struct ConnLimits {
 #[derive(Default)]
 pub struct Shutdown {
     fired: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: crate::wakers::WakerSet,
 }
 
 impl Shutdown {
     pub fn fire(&self) {
         self.fired.set(true);
-        for w in self.waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
+        self.waiters.wake_all();
     }
 
     pub fn is_fired(&self) -> bool {
         self.fired.get()
     }
 
-    /// Resolves once [`Shutdown::fire`] has been called.
+    /// Resolves once [`Shutdown::fire`] has been called. Holds one waker slot however often
+    /// it is polled (it sits in a `select` with every read of a connection).
     pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        futures_lite::future::poll_fn(move |cx: &mut Context<'_>| {
-            if self.fired.get() {
-                Poll::Ready(())
-            } else {
-                self.waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
+        self.waiters.wait_until(move || self.fired.get())
+    }
+
+    /// Futures waiting right now (for tests).
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
     }
 }
 

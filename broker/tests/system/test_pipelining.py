@@ -45,3 +45,18 @@ def test_unsupported_version_closes_after_earlier_responses(broker):
             assert not isinstance(e, socket.timeout), "connection left open after a bad version"
             rest = b""
         assert rest == b"", "no response may follow an unsupported request version"
+
+
+def test_one_connection_serves_forty_thousand_requests(broker):
+    """Regression: each time a connection's reader waited for bytes it left a clone of its
+    task's waker in the shard's shutdown list; past 32,767 (glommio's i16 task refcount) the
+    shard panicked. Request-response in lockstep makes the reader wait before every request."""
+    n = 40_000
+    request = kw.api_versions_request(0, 7)
+    with kw.connect(broker.host, broker.port, timeout=60) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(n):
+            s.sendall(request)
+            assert _corr(kw.recv_frame(s)) == 7
+    # The broker is still healthy afterwards.
+    assert kw.api_versions(broker.host, broker.port).error_code == 0
