@@ -49,8 +49,13 @@ pub struct Appender<D: SegmentDir> {
     dir: D,
     chunk_bytes: usize,
     /// Bytes not yet handed to a write, plus the tail page of the last write; the last chunk
-    /// is the open one. Empty only when `dirty` is aligned (or the appender is sealed).
+    /// is the open one. Empty when `dirty` is aligned, when the tail is parked, or when the
+    /// appender is sealed and written.
     chunks: VecDeque<Chunk<D::Buf>>,
+    /// The partial tail page `[pos, dirty)` while no chunk is open, on the heap and exactly
+    /// as long as its data: an idle segment holds at most 4 KiB here, not a whole DMA chunk.
+    /// Moved into a DMA chunk by the next append.
+    parked: Option<(u64, Vec<u8>)>,
     dirty: DirtyPos,
     /// Handed to writes (in flight or done): `stable <= taken <= dirty`.
     taken: u64,
@@ -71,6 +76,7 @@ impl<D: SegmentDir> Appender<D> {
             dir,
             chunk_bytes,
             chunks: VecDeque::new(),
+            parked: None,
             dirty: DirtyPos(end),
             taken: end,
             stable: StablePos(end),
@@ -82,17 +88,36 @@ impl<D: SegmentDir> Appender<D> {
         a
     }
 
+    /// An appender for a closed segment of `end` durable bytes: sealed, holding no memory.
+    pub fn sealed(dir: D, chunk_bytes: usize, end: u64) -> Self {
+        let mut a = Self::new(dir, chunk_bytes, align_down(end), &[]);
+        a.dirty = DirtyPos(end);
+        a.taken = end;
+        a.stable = StablePos(end);
+        a.committed = CommittedPos(end);
+        a.sealed = true;
+        a.check();
+        a
+    }
+
     fn load_tail(&mut self, end: u64, tail: &[u8]) {
         assert_eq!(
             tail.len() as u64,
             end - align_down(end),
             "tail page does not end at {end}"
         );
-        if !tail.is_empty() {
+        self.chunks.clear();
+        self.parked = (!tail.is_empty()).then(|| (align_down(end), tail.to_vec()));
+    }
+
+    /// Moves a parked tail page into an open DMA chunk.
+    fn unpark(&mut self) {
+        if let Some((pos, tail)) = self.parked.take() {
+            debug_assert!(self.chunks.is_empty());
             let mut buf = self.dir.alloc_buf(self.chunk_bytes);
-            buf.as_mut_slice()[..tail.len()].copy_from_slice(tail);
+            buf.as_mut_slice()[..tail.len()].copy_from_slice(&tail);
             self.chunks.push_back(Chunk {
-                pos: align_down(end),
+                pos,
                 buf,
                 len: tail.len(),
             });
@@ -110,6 +135,7 @@ impl<D: SegmentDir> Appender<D> {
             self.taken,
             self.dirty
         );
+        debug_assert!(self.parked.is_none() || self.chunks.is_empty());
     }
 
     pub fn dirty(&self) -> DirtyPos {
@@ -125,10 +151,19 @@ impl<D: SegmentDir> Appender<D> {
     pub fn unwritten(&self) -> u64 {
         self.dirty.0 - self.taken
     }
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Bytes of memory held (DMA chunks and the parked tail).
+    pub fn memory_bytes(&self) -> usize {
+        self.chunks.len() * self.chunk_bytes + self.parked.as_ref().map_or(0, |(_, t)| t.len())
+    }
 
     /// Appends the concatenation of `parts` (one copy, into the chunk buffers).
     pub fn append(&mut self, parts: &[&[u8]]) {
         assert!(!self.sealed, "append to a sealed segment");
+        self.unpark();
         let mut total = 0u64;
         for part in parts {
             let mut rest: &[u8] = part;
@@ -159,11 +194,12 @@ impl<D: SegmentDir> Appender<D> {
     }
 
     /// Hands every unwritten byte to aligned writes, keeping a copy of the partial tail page
-    /// for the next flush. `None` when there is nothing new.
+    /// (parked on the heap) for the next flush. `None` when there is nothing new.
     pub fn take_writes(&mut self) -> Option<PendingWrites<D::Buf>> {
         if self.taken == self.dirty.0 {
             return None;
         }
+        self.unpark();
         let mut writes = Vec::with_capacity(self.chunks.len());
         let mut keep = None;
         while let Some(mut c) = self.chunks.pop_front() {
@@ -175,14 +211,7 @@ impl<D: SegmentDir> Appender<D> {
                 let full = align_down(c.len as u64) as usize;
                 let padded = align_up(c.len as u64) as usize;
                 if full < c.len {
-                    let mut tail = self.dir.alloc_buf(self.chunk_bytes);
-                    tail.as_mut_slice()[..c.len - full]
-                        .copy_from_slice(&c.buf.as_slice()[full..c.len]);
-                    keep = Some(Chunk {
-                        pos: c.pos + full as u64,
-                        buf: tail,
-                        len: c.len - full,
-                    });
+                    keep = Some((c.pos + full as u64, c.buf.as_slice()[full..c.len].to_vec()));
                 }
                 // DMA memory is not zeroed: the padding must not leak stale bytes to disk.
                 c.buf.as_mut_slice()[c.len..padded].fill(0);
@@ -196,13 +225,92 @@ impl<D: SegmentDir> Appender<D> {
                 });
             }
         }
-        self.chunks.extend(keep);
+        self.parked = keep;
         self.taken = self.dirty.0;
         self.check();
         Some(PendingWrites {
             writes,
             end: self.dirty,
         })
+    }
+
+    /// Takes back the writes of a flush that failed (a full disk), in the order
+    /// [`Self::take_writes`] handed them out: every byte from the stable position is in memory
+    /// again and the next [`Self::take_writes`] hands it out anew. Costs one copy of the
+    /// unwritten bytes (a rare path).
+    pub fn requeue(&mut self, writes: Vec<Write<D::Buf>>) {
+        let Some(first) = writes.first() else {
+            return;
+        };
+        let start = first.pos;
+        assert!(
+            start <= self.stable.0 && align_down(self.stable.0) <= start,
+            "requeued writes start at {start}, stable is {:?}",
+            self.stable
+        );
+        let mut data = vec![0u8; (self.dirty.0 - start) as usize];
+        let mut put = |pos: u64, bytes: &[u8]| {
+            let at = (pos - start) as usize;
+            let n = bytes.len().min(data.len().saturating_sub(at));
+            data[at..at + n].copy_from_slice(&bytes[..n]);
+        };
+        for w in &writes {
+            put(w.pos, &w.buf.as_slice()[..w.len]);
+        }
+        // Appends made since the job was taken are newer than its copy of the tail page.
+        if let Some((pos, tail)) = &self.parked {
+            put(*pos, tail);
+        }
+        for c in &self.chunks {
+            put(c.pos, &c.buf.as_slice()[..c.len]);
+        }
+        drop(writes);
+        self.chunks.clear();
+        self.parked = None;
+        for (i, piece) in data.chunks(self.chunk_bytes).enumerate() {
+            let mut buf = self.dir.alloc_buf(self.chunk_bytes);
+            buf.as_mut_slice()[..piece.len()].copy_from_slice(piece);
+            self.chunks.push_back(Chunk {
+                pos: start + (i * self.chunk_bytes) as u64,
+                buf,
+                len: piece.len(),
+            });
+        }
+        self.taken = self.stable.0;
+        self.check();
+    }
+
+    /// The bytes `[pos, pos + len)` if all of them are in memory.
+    pub fn read_memory(&self, pos: u64, len: usize) -> Option<Vec<u8>> {
+        let end = pos + len as u64;
+        if end > self.dirty.0 {
+            return None;
+        }
+        let mut out = vec![0u8; len];
+        let mut covered = 0usize;
+        let mut copy = |cpos: u64, bytes: &[u8]| {
+            let (s, e) = (cpos.max(pos), (cpos + bytes.len() as u64).min(end));
+            if s < e {
+                out[(s - pos) as usize..(e - pos) as usize]
+                    .copy_from_slice(&bytes[(s - cpos) as usize..(e - cpos) as usize]);
+                covered += (e - s) as usize;
+            }
+        };
+        if let Some((p, t)) = &self.parked {
+            copy(*p, t);
+        }
+        for c in &self.chunks {
+            copy(c.pos, &c.buf.as_slice()[..c.len]);
+        }
+        (covered == len).then_some(out)
+    }
+
+    /// Where the bytes held in memory start (`None`: none are).
+    pub fn memory_start(&self) -> Option<u64> {
+        self.parked
+            .as_ref()
+            .map(|(p, _)| *p)
+            .or_else(|| self.chunks.front().map(|c| c.pos))
     }
 
     /// The writes up to `end` have completed.
@@ -228,6 +336,7 @@ impl<D: SegmentDir> Appender<D> {
     pub fn release_if_sealed(&mut self) {
         if self.sealed && self.taken == self.dirty.0 {
             self.chunks.clear();
+            self.parked = None;
         }
     }
 
@@ -239,6 +348,7 @@ impl<D: SegmentDir> Appender<D> {
             self.taken, self.stable.0,
             "truncating with a write in flight"
         );
+        self.unpark();
         let Some(idx) = self.chunks.iter().rposition(|c| c.pos <= pos) else {
             // No chunk holds `pos`: fine only when nothing changes and no tail page is needed.
             if pos == self.dirty.0 && is_aligned(pos) {
@@ -262,7 +372,6 @@ impl<D: SegmentDir> Appender<D> {
             self.taken, self.stable.0,
             "truncating with a write in flight"
         );
-        self.chunks.clear();
         self.load_tail(pos, tail);
         self.set_end(pos);
     }

@@ -255,6 +255,12 @@ pub(crate) mod tests {
     /// A v2 batch of `records` records, each with a `value_len`-byte value, built by
     /// kafka-protocol's encoder (so our parser is checked against an independent writer).
     pub(crate) fn build_batch(records: usize, value_len: usize, seed: u8) -> Bytes {
+        build_batch_ts(records, value_len, seed, 1_700_000_000_000)
+    }
+
+    /// As [`build_batch`], record `i` stamped `ts + i` (so the batch's max timestamp is
+    /// `ts + records - 1`).
+    pub(crate) fn build_batch_ts(records: usize, value_len: usize, seed: u8, ts: i64) -> Bytes {
         let recs: Vec<Record> = (0..records)
             .map(|i| Record {
                 transactional: false,
@@ -268,7 +274,7 @@ pub(crate) mod tests {
                 // The encoder splits batches unless offset - sequence is constant; this keeps
                 // base_sequence = -1 (no idempotence) for the first record.
                 sequence: i as i32 - 1,
-                timestamp: 1_700_000_000_000 + i as i64,
+                timestamp: ts + i as i64,
                 key: None,
                 value: Some(Bytes::from(vec![seed.wrapping_add(i as u8); value_len])),
                 headers: Default::default(),

@@ -78,8 +78,31 @@ struct State {
     /// Counters, for tests that check group commit.
     fdatasyncs: u64,
     writes: u64,
+    /// `read_at` calls per file name (as named when the handle was opened).
+    reads: HashMap<String, u64>,
+    /// Bytes returned by `read_at`, all files.
+    read_bytes: u64,
     /// When set, the next write fails with this error kind (then clears).
     fail_next_write: Option<io::ErrorKind>,
+    /// Disk size: a write or creation that would take the files' total current size past it
+    /// fails with ENOSPC (and changes nothing). `None`: unlimited.
+    capacity: Option<u64>,
+}
+
+impl State {
+    /// Bytes of the named files (removed files count as freed at once, although open handles
+    /// keep them readable).
+    fn used(&self) -> u64 {
+        self.names
+            .values()
+            .filter_map(|id| self.files.get(id))
+            .map(|f| f.current.len() as u64)
+            .sum()
+    }
+}
+
+fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
 }
 
 /// The in-memory directory. Cheap to clone (shared state); single-threaded.
@@ -101,7 +124,10 @@ impl FaultyDir {
                 rng: SplitMix64::new(seed),
                 fdatasyncs: 0,
                 writes: 0,
+                reads: HashMap::new(),
+                read_bytes: 0,
                 fail_next_write: None,
+                capacity: None,
             })),
         }
     }
@@ -149,6 +175,37 @@ impl FaultyDir {
         self.state.borrow_mut().fail_next_write = Some(kind);
     }
 
+    /// Limits the disk to `capacity` bytes (`None`: unlimited). Writes that would grow the
+    /// files past it fail with ENOSPC; shrinking or deleting files frees space.
+    pub fn set_capacity(&self, capacity: Option<u64>) {
+        self.state.borrow_mut().capacity = capacity;
+    }
+
+    /// Bytes currently held by the files (the measure [`Self::set_capacity`] limits).
+    pub fn used_bytes(&self) -> u64 {
+        self.state.borrow().used()
+    }
+
+    /// Number of `read_at` calls on handles opened under `name`.
+    pub fn reads_of(&self, name: &str) -> u64 {
+        self.state.borrow().reads.get(name).copied().unwrap_or(0)
+    }
+
+    /// Bytes returned by `read_at`, all files.
+    pub fn read_bytes(&self) -> u64 {
+        self.state.borrow().read_bytes
+    }
+
+    /// Number of `read_at` calls on any file.
+    pub fn reads(&self) -> u64 {
+        self.state.borrow().reads.values().sum()
+    }
+
+    /// Whether `name` exists (current view).
+    pub fn exists(&self, name: &str) -> bool {
+        self.state.borrow().names.contains_key(name)
+    }
+
     /// The current bytes of `name`, for tests.
     pub fn contents(&self, name: &str) -> Option<Vec<u8>> {
         let st = self.state.borrow();
@@ -180,6 +237,7 @@ pub struct FaultyFile {
     state: Rc<RefCell<State>>,
     id: FileId,
     generation: u64,
+    name: Rc<str>,
 }
 
 impl FaultyFile {
@@ -199,19 +257,26 @@ impl FaultyFile {
 impl SegmentFile for FaultyFile {
     type Buf = Vec<u8>;
 
-    async fn write_at(&self, pos: u64, buf: Vec<u8>, len: usize) -> io::Result<()> {
+    async fn write_at(&self, pos: u64, buf: Vec<u8>, len: usize) -> (Vec<u8>, io::Result<()>) {
         assert!(
             is_aligned(pos) && is_aligned(len as u64) && len <= buf.len(),
             "unaligned write: pos {pos} len {len}"
         );
         let id = self.id;
-        self.with(|st, f| {
+        let r = self.with(|st, f| {
             if let Some(kind) = st.fail_next_write.take() {
                 return Err(io::Error::new(kind, "injected write failure"));
             }
+            let end = pos as usize + len;
+            let growth = end.saturating_sub(f.current.len()) as u64;
+            // `f` is out of `st.files` while we hold it: count it by hand.
+            let named = st.names.values().any(|&n| n == id);
+            let used = st.used() + if named { f.current.len() as u64 } else { 0 };
+            if growth > 0 && st.capacity.is_some_and(|c| used + growth > c) {
+                return Err(no_space());
+            }
             st.writes += 1;
             let data = &buf.as_slice()[..len];
-            let end = pos as usize + len;
             if f.current.len() < end {
                 f.current.resize(end, 0);
             }
@@ -222,11 +287,17 @@ impl SegmentFile for FaultyFile {
                 data: data.to_vec(),
             });
             Ok(())
-        })?
+        });
+        (buf, r.and_then(|r| r))
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
-        self.with(|_, f| {
+        let name = self.name.clone();
+        self.with(|st, f| {
+            *st.reads.entry(name.to_string()).or_default() += 1;
+            st.read_bytes += (pos as usize + len)
+                .min(f.current.len())
+                .saturating_sub(pos as usize) as u64;
             let start = (pos as usize).min(f.current.len());
             let end = (pos as usize + len).min(f.current.len());
             Bytes::copy_from_slice(&f.current[start..end])
@@ -245,7 +316,17 @@ impl SegmentFile for FaultyFile {
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
-        self.with(|_, f| f.current.resize(len as usize, 0))
+        let id = self.id;
+        self.with(|st, f| {
+            let growth = (len as usize).saturating_sub(f.current.len()) as u64;
+            let named = st.names.values().any(|&n| n == id);
+            let used = st.used() + if named { f.current.len() as u64 } else { 0 };
+            if growth > 0 && st.capacity.is_some_and(|c| used + growth > c) {
+                return Err(no_space());
+            }
+            f.current.resize(len as usize, 0);
+            Ok(())
+        })?
     }
 
     async fn size(&self) -> io::Result<u64> {
@@ -271,6 +352,10 @@ impl SegmentDir for FaultyDir {
         let id = match st.names.get(name) {
             Some(&id) => id,
             None => {
+                // A new file needs at least a directory entry's worth of room.
+                if st.capacity.is_some_and(|c| st.used() >= c) {
+                    return Err(no_space());
+                }
                 let id = st.next_id;
                 st.next_id += 1;
                 st.files.insert(id, MemFile::default());
@@ -282,6 +367,20 @@ impl SegmentDir for FaultyDir {
             state: self.state.clone(),
             id,
             generation: st.generation,
+            name: name.into(),
+        })
+    }
+
+    async fn open_existing(&self, name: &str) -> io::Result<FaultyFile> {
+        let st = self.state.borrow();
+        let Some(&id) = st.names.get(name) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
+        };
+        Ok(FaultyFile {
+            state: self.state.clone(),
+            id,
+            generation: st.generation,
+            name: name.into(),
         })
     }
 

@@ -58,10 +58,11 @@ impl IoBuf for Vec<u8> {
 /// What a segment needs from one file.
 pub trait SegmentFile {
     type Buf: IoBuf;
-    /// Writes `buf[..len]` at `pos`. `pos` and `len` are multiples of
-    /// [`DMA_ALIGNMENT_BYTES`]; `len <= buf.len()`. Implementations split writes larger than
-    /// [`MAX_IO_BYTES`].
-    async fn write_at(&self, pos: u64, buf: Self::Buf, len: usize) -> io::Result<()>;
+    /// Writes `buf[..len]` at `pos` and hands the buffer back (its first `len` bytes intact),
+    /// so a write that failed — a full disk — can be retried from memory. `pos` and `len` are
+    /// multiples of [`DMA_ALIGNMENT_BYTES`]; `len <= buf.len()`. Implementations split writes
+    /// larger than [`MAX_IO_BYTES`].
+    async fn write_at(&self, pos: u64, buf: Self::Buf, len: usize) -> (Self::Buf, io::Result<()>);
     /// Reads `len` bytes at `pos` (any alignment); shorter only at end of file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes>;
     async fn fdatasync(&self) -> io::Result<()>;
@@ -78,6 +79,9 @@ pub trait SegmentDir: Clone {
     fn alloc_buf(&self, len: usize) -> Self::Buf;
     /// Opens `name`, creating it empty if missing; never truncates.
     async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Opens `name` only if it exists (`ErrorKind::NotFound` otherwise): for lazily opened
+    /// segments and metadata files, which must never be re-created by a late reader.
+    async fn open_existing(&self, name: &str) -> io::Result<Self::File>;
     /// File names in the directory (any order).
     async fn list(&self) -> io::Result<Vec<String>>;
     async fn remove(&self, name: &str) -> io::Result<()>;
@@ -97,8 +101,9 @@ pub struct DmaDir {
 
 struct DmaDirInner {
     path: PathBuf,
-    /// The sentinel, kept open: glommio allocates DMA buffers through a file handle.
-    buffers: DmaFile,
+    /// The sentinel, kept open: glommio allocates DMA buffers through a file handle. Shared
+    /// by [`DmaDir::sibling`]s.
+    buffers: Rc<DmaFile>,
 }
 
 impl DmaDir {
@@ -120,7 +125,7 @@ impl DmaDir {
         Ok(Self {
             inner: Rc::new(DmaDirInner {
                 path: path.to_path_buf(),
-                buffers,
+                buffers: Rc::new(buffers),
             }),
         })
     }
@@ -129,12 +134,29 @@ impl DmaDir {
         &self.inner.path
     }
 
+    /// Another partition directory on the same device, sharing this one's sentinel handle
+    /// (one file descriptor per shard instead of one per partition). Creates `path`.
+    ///
+    /// Start-up only: creating the directory uses glommio's blocking pool.
+    pub async fn sibling(&self, path: &Path) -> io::Result<Self> {
+        let p = path.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || std::fs::create_dir_all(&p))
+            .await?;
+        Ok(Self {
+            inner: Rc::new(DmaDirInner {
+                path: path.to_path_buf(),
+                buffers: self.inner.buffers.clone(),
+            }),
+        })
+    }
+
     /// Closes the sentinel handle once the last clone is gone (otherwise glommio warns that a
     /// file was dropped while active).
     pub async fn close(self) -> io::Result<()> {
-        match Rc::try_unwrap(self.inner) {
-            Ok(inner) => inner.buffers.close().await.map_err(io::Error::from),
-            Err(_) => Ok(()),
+        match Rc::try_unwrap(self.inner).map(|inner| Rc::try_unwrap(inner.buffers)) {
+            Ok(Ok(buffers)) => buffers.close().await.map_err(io::Error::from),
+            _ => Ok(()),
         }
     }
 }
@@ -153,6 +175,19 @@ impl SegmentDir for DmaDir {
             .read(true)
             .write(true)
             .create(true)
+            .dma_open(self.inner.path.join(name))
+            .await
+            .map_err(io::Error::from)?;
+        Ok(DmaSegmentFile {
+            file,
+            buffers: self.clone(),
+        })
+    }
+
+    async fn open_existing(&self, name: &str) -> io::Result<DmaSegmentFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
             .dma_open(self.inner.path.join(name))
             .await
             .map_err(io::Error::from)?;
@@ -203,14 +238,29 @@ pub struct DmaSegmentFile {
 impl SegmentFile for DmaSegmentFile {
     type Buf = DmaBuffer;
 
-    async fn write_at(&self, pos: u64, mut buf: DmaBuffer, len: usize) -> io::Result<()> {
+    async fn write_at(
+        &self,
+        pos: u64,
+        mut buf: DmaBuffer,
+        len: usize,
+    ) -> (DmaBuffer, io::Result<()>) {
         assert!(
             is_aligned(pos) && is_aligned(len as u64) && len <= buf.len(),
             "unaligned DMA write: pos {pos} len {len}"
         );
         if len <= MAX_IO_BYTES {
             buf.trim_to_size(len);
-            return write_all(&self.file, pos, buf).await;
+            // `write_rc_at` leaves us a handle on the buffer, so a failed write can be
+            // retried; glommio drops its clone when the request completes.
+            let shared = Rc::new(buf);
+            let r = write_all(&self.file, pos, shared.clone()).await;
+            let buf = Rc::try_unwrap(shared).unwrap_or_else(|shared| {
+                let mut copy = self.buffers.alloc_buf(len);
+                copy.as_bytes_mut()
+                    .copy_from_slice(&shared.as_bytes()[..len]);
+                copy
+            });
+            return (buf, r);
         }
         // Split: copy each piece into its own DMA buffer (rare; the appender never writes
         // more than MAX_IO_BYTES at once).
@@ -221,10 +271,12 @@ impl SegmentFile for DmaSegmentFile {
             piece
                 .as_bytes_mut()
                 .copy_from_slice(&buf.as_bytes()[done..done + n]);
-            write_all(&self.file, pos + done as u64, piece).await?;
+            if let Err(e) = write_all(&self.file, pos + done as u64, Rc::new(piece)).await {
+                return (buf, Err(e));
+            }
             done += n;
         }
-        Ok(())
+        (buf, Ok(()))
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
@@ -272,16 +324,85 @@ impl SegmentFile for DmaSegmentFile {
     }
 }
 
-async fn write_all(file: &DmaFile, pos: u64, buf: DmaBuffer) -> io::Result<()> {
+async fn write_all(file: &DmaFile, pos: u64, buf: Rc<DmaBuffer>) -> io::Result<()> {
     let len = buf.len();
-    let n = file.write_at(buf, pos).await.map_err(io::Error::from)?;
+    let n = file.write_rc_at(buf, pos).await.map_err(io::Error::from)?;
     if n != len {
-        // O_DIRECT writes of aligned blocks are all-or-nothing in practice; a short write
-        // (disk full mid-request) is surfaced rather than retried.
+        // A short O_DIRECT write means the device ran out of space mid-request: report it
+        // as a full disk (the flush is retried whole from memory).
         return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
+            io::ErrorKind::StorageFull,
             format!("short DMA write at {pos}: {n} of {len} bytes"),
         ));
     }
     Ok(())
+}
+
+/// Whether an I/O error means "no space" (ENOSPC, EDQUOT, or a short write): the operation
+/// may succeed once space is freed, so the log keeps the data and retries.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// Writes a small metadata file (an index, the segment checkpoint) in place through the
+/// seam: one aligned write of `bytes` padded with zeros, then `fdatasync`. The format must
+/// carry its own length and checksum: a torn write, or the longer tail of an older version,
+/// is then detected rather than trusted. Returns whether the file was created (then the
+/// directory needs a sync for its name to survive a crash).
+pub(crate) async fn write_small_file<D: SegmentDir>(
+    dir: &D,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<bool> {
+    let (file, created) = match dir.open_existing(name).await {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (dir.open(name).await?, true),
+        Err(e) => return Err(e),
+    };
+    let padded = align_up(bytes.len() as u64).max(ALIGN) as usize;
+    let mut written = 0;
+    let mut result = Ok(());
+    while written < padded {
+        let n = (padded - written).min(MAX_IO_BYTES);
+        let mut buf = dir.alloc_buf(n);
+        let s = buf.as_mut_slice();
+        let have = bytes.len().saturating_sub(written).min(n);
+        s[..have].copy_from_slice(&bytes[written..written + have]);
+        s[have..n].fill(0);
+        let (_, r) = file.write_at(written as u64, buf, n).await;
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+        written += n;
+    }
+    if result.is_ok() {
+        result = file.fdatasync().await;
+    }
+    let closed = file.close().await;
+    result.and(closed).map(|()| created)
+}
+
+/// Reads a whole small file; `None` when it does not exist.
+pub(crate) async fn read_small_file<D: SegmentDir>(
+    dir: &D,
+    name: &str,
+) -> io::Result<Option<Bytes>> {
+    let file = match dir.open_existing(name).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let r = async {
+        let size = file.size().await?;
+        file.read_at(0, size as usize).await
+    }
+    .await;
+    let closed = file.close().await;
+    let bytes = r?;
+    closed?;
+    Ok(Some(bytes))
 }

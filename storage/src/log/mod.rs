@@ -7,28 +7,42 @@
 //!
 //! * Append ([`PartitionLog::append`]) is synchronous and in memory: it assigns offsets, stamps
 //!   base offset and leader epoch (= term) into the header, copies the batch into the active
-//!   segment's appender and indexes it. Segments roll at a size limit and on a term change.
+//!   segment's appender and notes it in the sparse index ([`index`]). Segments roll at a size
+//!   limit, on a term change, and by age ([`PartitionLog::roll_if_due`]).
 //! * Flush is group commit, in two phases so appends continue while the disk works:
 //!   [`PartitionLog::start_flush`] takes every unwritten byte of every segment into a
 //!   [`FlushJob`]; the job writes ([`FlushJob::write`]), the log records the data as stable
 //!   ([`PartitionLog::finish_write`]), the job runs one `fdatasync` per segment
-//!   ([`WrittenJob::sync`]), and [`PartitionLog::finish_sync`] advances the committed offset
-//!   and completes every [`DurableWaiter`] it covers. One flusher task per shard drives jobs,
-//!   one at a time; [`PartitionLog::flush`] does all of it inline.
+//!   ([`WrittenJob::sync`]) — then writes the index files of segments it completed and the
+//!   segment checkpoint ([`manifest`]) — and [`PartitionLog::finish_sync`] advances the
+//!   committed offset and completes every [`DurableWaiter`] it covers. One flusher task per
+//!   shard drives jobs, one at a time; [`PartitionLog::flush`] does all of it inline.
+//! * A full disk (ENOSPC, EDQUOT) is not fatal: the failed job's bytes go back into memory,
+//!   appends fail with [`LogError::DiskFull`] until a later flush gets them all written.
 //! * Reads ([`PartitionLog::read`], or [`PartitionLog::plan_read`] + [`ReadPlan::run`] to
 //!   avoid holding the log across the I/O) return whole batches as one `Bytes`, from one
-//!   segment, up to what has been written to the file.
+//!   segment, up to what has been written to the file: the sparse index gives a position at
+//!   most one index interval before the batch, the plan walks headers from there.
+//!   [`PartitionLog::plan_find_timestamp`] finds the first batch at or after a timestamp.
 //! * Truncation: [`PartitionLog::truncate_suffix`] (Raft conflict; durable on return) and
-//!   [`PartitionLog::truncate_prefix`] (log start offset; whole segments deleted).
-//! * Recovery: [`PartitionLog::open`] scans every segment, verifies each batch's CRC-32C and
-//!   offsets, cuts a torn or corrupt tail and rebuilds the index ([`recovery`]).
+//!   [`PartitionLog::truncate_prefix`] (log start offset; whole segments deleted); retention
+//!   ([`PartitionLog::apply_retention`]) detaches whole closed segments synchronously and
+//!   deletes their files in a [`SegmentDeletion`] that does not borrow the log.
+//! * Recovery: [`PartitionLog::open`] trusts closed segments the checkpoint or their index
+//!   files vouch for and scans (CRC-32C of every batch) only what follows the last index of
+//!   the last segment, cutting a torn or corrupt tail ([`recovery`]).
 
 pub mod appender;
 pub mod batch;
+pub mod cache;
 pub mod checkpoint;
 pub mod faulty;
 pub mod file;
+pub mod index;
+pub mod manifest;
 pub mod recovery;
+pub mod retention;
+mod scan;
 pub mod segment;
 
 use std::cell::RefCell;
@@ -38,37 +52,67 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use self::appender::{DirtyPos, PendingWrites, StablePos};
-use self::batch::{BatchHeader, RecordBatch, BATCH_HEADER_LEN};
-use self::file::{align_down, SegmentDir, SegmentFile, MAX_IO_BYTES};
-use self::segment::{BatchEntry, Segment};
+use self::appender::{DirtyPos, PendingWrites, StablePos, Write};
+use self::batch::{RecordBatch, BATCH_HEADER_LEN};
+use self::file::{align_down, is_disk_full, SegmentDir, SegmentFile, MAX_IO_BYTES};
+use self::index::{IndexMeta, LastBatch, SegmentIndex};
+use self::manifest::{Manifest, ManifestSegment};
+use self::scan::{FileSource, SegmentSource};
+use self::segment::{IndexFiles, Segment, SegmentShared};
 
+pub use self::cache::{BatchCache, CacheStats};
 pub use self::recovery::{CorruptTail, RecoveryReport, TailTruncation};
+pub use self::retention::{RetentionOutcome, SegmentDeletion};
+
+/// How long a flusher should wait before retrying after [`LogError::DiskFull`].
+pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// Tunables of one partition log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Roll to a new segment when the next batch would take the active one past this size.
+    /// Roll to a new segment when the next batch would take the active one past this size
+    /// (at most `u32::MAX`: index positions are 32-bit).
     pub segment_bytes: u64,
+    /// Roll the active segment once its first batch is this old ([`PartitionLog::roll_if_due`];
+    /// Kafka's `segment.ms`). `None`: never by age.
+    pub segment_ms: Option<u64>,
     /// Largest batch accepted, header included (Kafka's `message.max.bytes`).
     pub max_batch_bytes: usize,
     /// Size of the appender's write buffers: the largest single write (≤ [`MAX_IO_BYTES`]).
     pub write_chunk_bytes: usize,
     /// How much recovery reads at a time while scanning a segment.
     pub recovery_read_bytes: usize,
+    /// One sparse index entry per this many bytes of log (Kafka's `index.interval.bytes`):
+    /// 16 bytes of memory per interval; a lookup reads at most one interval (plus one batch)
+    /// more than it returns.
+    pub index_interval_bytes: u32,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             segment_bytes: 1 << 30,
+            segment_ms: None,
             max_batch_bytes: (1 << 20) + 12,
             write_chunk_bytes: MAX_IO_BYTES,
             recovery_read_bytes: 1 << 20,
+            index_interval_bytes: 4096,
         }
+    }
+}
+
+impl LogConfig {
+    fn sanitize(&self) {
+        assert!(
+            self.segment_bytes > 0 && self.segment_bytes <= u64::from(u32::MAX),
+            "segment_bytes {} must be in 1..=u32::MAX",
+            self.segment_bytes
+        );
+        assert!(self.index_interval_bytes > 0, "index_interval_bytes is 0");
     }
 }
 
@@ -108,6 +152,18 @@ pub enum LogError {
     /// further writes until it is reopened (recovery re-establishes a known state).
     #[error("log failed: {0}")]
     Failed(Rc<str>),
+    /// The disk is full (ENOSPC, EDQUOT): a flush could not write. Nothing is lost: the
+    /// unwritten bytes stay in memory and the next flush retries them; appends are refused
+    /// until one succeeds. The broker answers KAFKA_STORAGE_ERROR.
+    #[error("disk full: {0}")]
+    DiskFull(Rc<str>),
+}
+
+impl LogError {
+    /// Whether this is [`LogError::DiskFull`] (retry the flush after [`DISK_FULL_RETRY`]).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, LogError::DiskFull(_))
+    }
 }
 
 fn io_err<'a>(segment: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> LogError + 'a {
@@ -138,52 +194,229 @@ pub struct ReadBatches {
     pub next_offset: u64,
 }
 
-/// A read resolved against the index; runs without borrowing the log.
-pub struct ReadPlan<F> {
-    file: Option<Rc<F>>,
-    segment: String,
-    pos: u64,
-    len: usize,
+/// What a plan needs to reach one segment without borrowing the log: its file and index are
+/// filled in lazily (closed segments open and load them on first use).
+struct PlanSegment<D: SegmentDir> {
+    dir: D,
+    shared: Rc<SegmentShared<D::File>>,
+    name: String,
     base_offset: u64,
+    term: u64,
     next_offset: u64,
+    /// Bytes of the segment written to the file: the plan reads no further.
+    limit: u64,
+    size: u64,
     max_batch_bytes: usize,
+    read_bytes: usize,
+    index_interval: u32,
 }
 
-impl<F: SegmentFile> ReadPlan<F> {
+impl<D: SegmentDir> PlanSegment<D> {
+    fn new(log: &PartitionLog<D>, seg: &Segment<D>) -> Self {
+        Self {
+            dir: log.dir.clone(),
+            shared: seg.shared.clone(),
+            name: seg.name.clone(),
+            base_offset: seg.base_offset,
+            term: seg.term,
+            next_offset: seg.next_offset,
+            limit: seg.appender.stable().0,
+            size: seg.size(),
+            max_batch_bytes: log.config.max_batch_bytes,
+            read_bytes: log.config.recovery_read_bytes,
+            index_interval: log.config.index_interval_bytes,
+        }
+    }
+
+    async fn file(&self) -> Result<Rc<D::File>, LogError> {
+        recovery::ensure_file(&self.dir, &self.shared, &self.name).await
+    }
+
+    /// Runs `f` on the index, loading it first if needed (closed segments).
+    async fn with_index<R>(&self, f: impl FnOnce(&SegmentIndex) -> R) -> Result<R, LogError> {
+        if self.shared.index.borrow().is_none() {
+            let file = self.file().await?;
+            let ix = recovery::load_index(
+                &self.dir,
+                &*file,
+                &self.name,
+                self.base_offset,
+                self.term,
+                self.next_offset,
+                self.size,
+                self.read_bytes,
+                self.max_batch_bytes,
+                self.index_interval,
+            )
+            .await?;
+            let mut slot = self.shared.index.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(ix);
+            }
+        }
+        let slot = self.shared.index.borrow();
+        Ok(f(slot.as_ref().expect("index loaded")))
+    }
+}
+
+/// A read resolved against the log; runs without borrowing it.
+pub struct ReadPlan<D: SegmentDir> {
+    seg: Option<PlanSegment<D>>,
+    offset: u64,
+    max_bytes: usize,
+    /// Served from the batch cache: no I/O.
+    ready: Option<ReadBatches>,
+    /// Where to put what the file read returns.
+    fill: Option<(BatchCache, u64)>,
+}
+
+impl<D: SegmentDir> ReadPlan<D> {
+    fn empty(offset: u64) -> Self {
+        Self {
+            seg: None,
+            offset,
+            max_bytes: 0,
+            ready: None,
+            fill: None,
+        }
+    }
+
+    /// Whether the read was served from the batch cache (no I/O to do).
+    pub fn is_cached(&self) -> bool {
+        self.ready.is_some()
+    }
+
     pub async fn run(self) -> Result<ReadBatches, LogError> {
-        let Some(file) = self.file else {
-            return Ok(ReadBatches {
-                bytes: Bytes::new(),
-                base_offset: self.base_offset,
-                next_offset: self.base_offset,
-            });
-        };
-        let bytes = file
-            .read_at(self.pos, self.len)
-            .await
-            .map_err(io_err(&self.segment, "read"))?;
-        let mismatch = |reason: String| LogError::ReadMismatch {
-            segment: self.segment.clone(),
-            pos: self.pos,
-            reason,
-        };
-        if bytes.len() != self.len {
-            return Err(mismatch(format!("{} of {} bytes", bytes.len(), self.len)));
+        if let Some(r) = self.ready {
+            return Ok(r);
         }
-        // Cheap guard against a concurrent truncation: the first header must be the batch the
-        // index promised (the CRC was checked when the batch was appended or recovered).
-        let h = BatchHeader::decode(&bytes).map_err(|e| mismatch(e.to_string()))?;
-        if h.base_offset != self.base_offset as i64 || h.total_len() > self.max_batch_bytes {
-            return Err(mismatch(format!(
-                "first batch has base offset {}, expected {}",
-                h.base_offset, self.base_offset
-            )));
+        let fill = self.fill.clone();
+        let r = self.read_file().await?;
+        if let Some((cache, id)) = fill {
+            cache.insert_read(id, &r.bytes);
         }
-        Ok(ReadBatches {
-            bytes,
-            base_offset: self.base_offset,
-            next_offset: self.next_offset,
+        Ok(r)
+    }
+
+    async fn read_file(self) -> Result<ReadBatches, LogError> {
+        let empty = ReadBatches {
+            bytes: Bytes::new(),
+            base_offset: self.offset,
+            next_offset: self.offset,
+        };
+        let Some(seg) = self.seg else {
+            return Ok(empty);
+        };
+        if seg.limit == 0 {
+            return Ok(empty);
+        }
+        let rel = (self.offset - seg.base_offset) as u32;
+        let entry = seg
+            .with_index(|ix| ix.lookup_offset(rel))
+            .await?
+            .ok_or_else(|| LogError::ReadMismatch {
+                segment: seg.name.clone(),
+                pos: 0,
+                reason: "empty index for a non-empty segment".into(),
+            })?;
+        let file = seg.file().await?;
+        let src = FileSource {
+            file: &*file,
+            name: &seg.name,
+        };
+        let found = scan::read_batches(
+            &src,
+            &seg.name,
+            u64::from(entry.pos),
+            seg.base_offset + u64::from(entry.rel_offset),
+            seg.limit,
+            self.offset,
+            self.max_bytes,
+            seg.max_batch_bytes,
+            2 * seg.index_interval as usize,
+        )
+        .await?;
+        Ok(match found {
+            Some(f) => ReadBatches {
+                bytes: f.bytes,
+                base_offset: f.base_offset,
+                next_offset: f.next_offset,
+            },
+            None => empty,
         })
+    }
+}
+
+/// A lookup by timestamp resolved against the log ([`PartitionLog::plan_find_timestamp`]).
+pub struct TimestampPlan<D: SegmentDir> {
+    /// Segments whose max timestamp reaches the target, in offset order. The first one
+    /// holds the answer unless its matching batches lie before the log start.
+    segs: Vec<PlanSegment<D>>,
+    ts: i64,
+    below: u64,
+    from_offset: u64,
+}
+
+impl<D: SegmentDir> TimestampPlan<D> {
+    /// The first batch (at or after the log start, below the bound) whose max timestamp is
+    /// at least the target, as one batch; `None` when there is none.
+    pub async fn run(self) -> Result<Option<ReadBatches>, LogError> {
+        for seg in &self.segs {
+            if let Some(found) = self.run_one(seg).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn run_one(&self, seg: &PlanSegment<D>) -> Result<Option<ReadBatches>, LogError> {
+        if seg.limit == 0 {
+            return Ok(None);
+        }
+        let ts = self.ts;
+        let from = self.from_offset.max(seg.base_offset);
+        let from_rel = (from - seg.base_offset) as u32;
+        let picked = seg
+            .with_index(|ix| {
+                let (te, bound) = ix.lookup_time(ts)?;
+                let oe = ix.lookup_offset(from_rel)?;
+                // The time index's bound holds only when no batch before the log start is
+                // skipped; otherwise scan on to the end of what is written.
+                Some(if te.rel_offset >= from_rel {
+                    (te, bound)
+                } else if oe.pos > te.pos {
+                    (oe, None)
+                } else {
+                    (te, None)
+                })
+            })
+            .await?;
+        let Some((start, bound)) = picked else {
+            return Ok(None);
+        };
+        let file = seg.file().await?;
+        let src = FileSource {
+            file: &*file,
+            name: &seg.name,
+        };
+        let limit = bound.map_or(seg.limit, |b| u64::from(b).min(seg.limit));
+        let found = scan::find_timestamp(
+            &src,
+            &seg.name,
+            u64::from(start.pos),
+            seg.base_offset + u64::from(start.rel_offset),
+            limit,
+            ts,
+            from,
+            self.below,
+            seg.max_batch_bytes,
+        )
+        .await?;
+        Ok(found.map(|f| ReadBatches {
+            bytes: f.bytes,
+            base_offset: f.base_offset,
+            next_offset: f.next_offset,
+        }))
     }
 }
 
@@ -259,12 +492,58 @@ struct SegmentWrites<D: SegmentDir> {
     pending: PendingWrites<D::Buf>,
 }
 
+/// The index files a flush job writes once its data is durable.
+struct IndexWrite {
+    base_offset: u64,
+    term: u64,
+    name: String,
+    index: SegmentIndex,
+    meta: IndexMeta,
+}
+
 /// Phase one of a flush: writes, taken from the log by [`PartitionLog::start_flush`].
 pub struct FlushJob<D: SegmentDir> {
     dir: D,
     segments: Vec<SegmentWrites<D>>,
+    /// Sync the directory even if no file is created (files adopted from a failed job).
+    sync_dir: bool,
+    index_writes: Vec<IndexWrite>,
+    manifest: Option<Manifest>,
     /// Every offset below this is covered by the job.
     target: u64,
+}
+
+/// One segment's share of a failed job: `(segment base, file created by the job, writes)`.
+type Returned<D> = (
+    u64,
+    Option<Rc<<D as SegmentDir>::File>>,
+    Vec<Write<<D as SegmentDir>::Buf>>,
+);
+
+/// A [`FlushJob::write`] that failed. On a full disk it carries the job's buffers, so
+/// [`PartitionLog::finish_write`] can put the bytes back for the next flush.
+pub struct WriteFailed<D: SegmentDir> {
+    pub error: LogError,
+    returned: Vec<Returned<D>>,
+    index_bases: Vec<u64>,
+}
+
+impl<D: SegmentDir> std::fmt::Debug for WriteFailed<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteFailed({:?})", self.error)
+    }
+}
+
+impl<D: SegmentDir> std::fmt::Display for WriteFailed<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<D: SegmentDir> From<WriteFailed<D>> for LogError {
+    fn from(w: WriteFailed<D>) -> Self {
+        w.error
+    }
 }
 
 struct SegmentWritten<F> {
@@ -277,67 +556,129 @@ struct SegmentWritten<F> {
 
 /// Phase two of a flush: the writes are done; `fdatasync` is next.
 pub struct WrittenJob<D: SegmentDir> {
+    dir: D,
     segments: Vec<SegmentWritten<D::File>>,
+    synced_dir: bool,
+    index_writes: Vec<IndexWrite>,
+    manifest: Option<Manifest>,
     target: u64,
 }
 
 /// A finished flush, to hand to [`PartitionLog::finish_sync`].
 pub struct SyncedJob {
     segments: Vec<(u64, StablePos)>,
+    /// Segments whose index files were written (`true`) or failed (`false`).
+    indexed: Vec<(u64, bool)>,
     target: u64,
 }
 
 impl<D: SegmentDir> FlushJob<D> {
     /// Creates missing segment files (and syncs the directory so they survive a crash), then
-    /// writes, segment by segment in offset order.
-    pub async fn write(self) -> Result<WrittenJob<D>, LogError> {
+    /// writes, segment by segment in offset order. A full disk fails the job with
+    /// [`LogError::DiskFull`] and hands its bytes back (see [`WriteFailed`]).
+    pub async fn write(self) -> Result<WrittenJob<D>, WriteFailed<D>> {
+        let FlushJob {
+            dir,
+            segments,
+            sync_dir,
+            index_writes,
+            manifest,
+            target,
+        } = self;
+        let index_bases: Vec<u64> = index_writes.iter().map(|w| w.base_offset).collect();
+        let mut failure: Option<(String, &'static str, io::Error)> = None;
+        let mut opened = Vec::with_capacity(segments.len());
         let mut created_any = false;
-        let mut out = Vec::with_capacity(self.segments.len());
-        for seg in self.segments {
-            let (file, created) = match seg.file {
-                Some(f) => (f, false),
-                None => {
-                    let f = self
-                        .dir
-                        .open(&seg.name)
-                        .await
-                        .map_err(io_err(&seg.name, "create"))?;
-                    created_any = true;
-                    (Rc::new(f), true)
+        for seg in segments {
+            let file = match (seg.file, &failure) {
+                (Some(f), _) => Some((f, false)),
+                (None, None) => match dir.open(&seg.name).await {
+                    Ok(f) => {
+                        created_any = true;
+                        Some((Rc::new(f), true))
+                    }
+                    Err(e) => {
+                        failure = Some((seg.name.clone(), "create", e));
+                        None
+                    }
+                },
+                (None, Some(_)) => None,
+            };
+            opened.push((seg.base_offset, seg.name, file, seg.pending));
+        }
+        if failure.is_none() && (created_any || sync_dir) {
+            if let Err(e) = dir.sync().await {
+                failure = Some(("(directory)".into(), "sync directory", e));
+            }
+        }
+        let mut done = Vec::with_capacity(opened.len());
+        let mut returned = Vec::new();
+        for (base_offset, name, file, pending) in opened {
+            let mut bufs = Vec::with_capacity(pending.writes.len());
+            let created = file.as_ref().is_some_and(|(_, c)| *c);
+            for w in pending.writes {
+                match (&file, &failure) {
+                    (Some((f, _)), None) => {
+                        let (buf, r) = f.write_at(w.pos, w.buf, w.len).await;
+                        if let Err(e) = r {
+                            failure = Some((name.clone(), "write", e));
+                        }
+                        bufs.push(Write {
+                            pos: w.pos,
+                            buf,
+                            len: w.len,
+                        });
+                    }
+                    _ => bufs.push(w),
+                }
+            }
+            returned.push((
+                base_offset,
+                file.as_ref().filter(|(_, c)| *c).map(|(f, _)| f.clone()),
+                bufs,
+            ));
+            if let Some((file, _)) = file {
+                done.push(SegmentWritten {
+                    base_offset,
+                    name,
+                    file,
+                    created,
+                    end: pending.end,
+                });
+            }
+        }
+        if let Some((segment, op, source)) = failure {
+            let error = if is_disk_full(&source) {
+                LogError::DiskFull(format!("segment {segment}: {op}: {source}").into())
+            } else {
+                returned.clear();
+                LogError::Io {
+                    segment,
+                    op,
+                    source,
                 }
             };
-            out.push((seg.base_offset, seg.name, file, created, seg.pending));
-        }
-        if created_any {
-            self.dir
-                .sync()
-                .await
-                .map_err(io_err("(directory)", "sync directory"))?;
-        }
-        let mut segments = Vec::with_capacity(out.len());
-        for (base_offset, name, file, created, pending) in out {
-            for w in pending.writes {
-                file.write_at(w.pos, w.buf, w.len)
-                    .await
-                    .map_err(io_err(&name, "write"))?;
-            }
-            segments.push(SegmentWritten {
-                base_offset,
-                name,
-                file,
-                created,
-                end: pending.end,
+            return Err(WriteFailed {
+                error,
+                returned,
+                index_bases,
             });
         }
         Ok(WrittenJob {
-            segments,
-            target: self.target,
+            dir,
+            segments: done,
+            synced_dir: created_any || sync_dir,
+            index_writes,
+            manifest,
+            target,
         })
     }
 }
 
 impl<D: SegmentDir> WrittenJob<D> {
     /// One `fdatasync` per segment, in offset order (so durable data is always a prefix).
+    /// Then the index files of segments this job completed and the segment checkpoint; their
+    /// failure is logged, not fatal (they are retried by the next job).
     pub async fn sync(self) -> Result<SyncedJob, LogError> {
         let mut segments = Vec::with_capacity(self.segments.len());
         for s in &self.segments {
@@ -347,11 +688,60 @@ impl<D: SegmentDir> WrittenJob<D> {
                 .map_err(io_err(&s.name, "fdatasync"))?;
             segments.push((s.base_offset, StablePos(s.end.0)));
         }
+        let mut indexed = Vec::with_capacity(self.index_writes.len());
+        let mut all_ok = true;
+        let mut created = false;
+        for w in &self.index_writes {
+            let ok = match write_index_files(&self.dir, w).await {
+                Ok(c) => {
+                    created |= c;
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %w.name, error = %e, "writing index files (will retry)");
+                    false
+                }
+            };
+            all_ok &= ok;
+            indexed.push((w.base_offset, ok));
+        }
+        if let (Some(m), true) = (&self.manifest, all_ok) {
+            match manifest::write(&self.dir, m).await {
+                Ok(c) => created |= c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "writing the segment checkpoint (will retry)");
+                    all_ok = false;
+                }
+            }
+        }
+        // New files' names must survive a crash too.
+        if created {
+            if let Err(e) = self.dir.sync().await {
+                tracing::warn!(error = %e, "syncing the directory after index files (will retry)");
+                all_ok = false;
+            }
+        }
+        if !all_ok {
+            // Keep one segment pending so a later job rewrites the files and the checkpoint.
+            if let Some(last) = indexed.last_mut() {
+                last.1 = false;
+            }
+        }
         Ok(SyncedJob {
             segments,
+            indexed,
             target: self.target,
         })
     }
+}
+
+/// Writes a segment's index files; `true` if one was created.
+async fn write_index_files<D: SegmentDir>(dir: &D, w: &IndexWrite) -> io::Result<bool> {
+    let (ix_name, tx_name) = segment::index_names(w.base_offset, w.term);
+    let (ix, tx) = index::encode_files(&w.index, &w.meta);
+    let a = file::write_small_file(dir, &tx_name, &tx).await?;
+    let b = file::write_small_file(dir, &ix_name, &ix).await?;
+    Ok(a || b)
 }
 
 /// One partition's log. See the module documentation.
@@ -366,8 +756,14 @@ pub struct PartitionLog<D: SegmentDir> {
     /// Every offset below is durable.
     committed_offset: u64,
     flush_in_flight: bool,
+    /// Files were adopted from a failed job before their directory entries were synced.
+    dir_sync_pending: bool,
     waiters: BTreeMap<u64, Vec<Rc<RefCell<WaiterSlot>>>>,
     failed: Option<Rc<str>>,
+    /// Set by a flush that hit a full disk, cleared by the next successful one.
+    disk_full: Option<Rc<str>>,
+    /// The shard's batch cache and this log's id in it.
+    cache: Option<(BatchCache, u64)>,
 }
 
 impl<D: SegmentDir> PartitionLog<D> {
@@ -404,8 +800,53 @@ impl<D: SegmentDir> PartitionLog<D> {
         self.segments.values().map(|s| s.appender.unwritten()).sum()
     }
 
+    /// Total bytes of the segments (what `retention_bytes` limits).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size).sum()
+    }
+
+    /// Largest batch max timestamp in the log ([`index::NO_TIMESTAMP`] if none); includes
+    /// batches not yet durable.
+    pub fn max_timestamp(&self) -> i64 {
+        self.segments
+            .values()
+            .map(|s| s.max_timestamp)
+            .max()
+            .unwrap_or(index::NO_TIMESTAMP)
+    }
+
+    /// Memory the log holds for its segments (indexes, appender buffers), roughly.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .segments
+                .values()
+                .map(Segment::memory_bytes)
+                .sum::<usize>()
+    }
+
     pub fn is_flushing(&self) -> bool {
         self.flush_in_flight
+    }
+
+    /// Serves reads from (and fills) the shard's batch cache from now on.
+    pub fn attach_cache(&mut self, cache: &BatchCache) {
+        if let Some((old, id)) = self.cache.take() {
+            old.remove_log(id);
+        }
+        self.cache = Some((cache.clone(), cache.register()));
+    }
+
+    /// Drops cached batches overlapping `[from, to)`.
+    fn uncache(&self, from: u64, to: u64) {
+        if let Some((cache, id)) = &self.cache {
+            cache.remove_range(*id, from, to);
+        }
+    }
+
+    /// Why appends are refused, if the last flush found the disk full.
+    pub fn disk_full(&self) -> Option<&str> {
+        self.disk_full.as_deref()
     }
 
     fn check_ok(&self) -> Result<(), LogError> {
@@ -428,55 +869,103 @@ impl<D: SegmentDir> PartitionLog<D> {
         );
     }
 
+    fn active(&mut self) -> &mut Segment<D> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("an active segment")
+    }
+
+    /// Seals the active segment and starts a new, empty one at the log end in `term`.
+    fn roll(&mut self, term: u64) {
+        if let Some(s) = self.segments.values_mut().next_back() {
+            s.appender.seal();
+            if let Some(ix) = s.shared.index.borrow_mut().as_mut() {
+                ix.shrink_to_fit();
+            }
+        }
+        let base = self.next_offset;
+        let seg = Segment::new_empty(self.dir.clone(), self.config.write_chunk_bytes, base, term);
+        self.segments.insert(base, seg);
+    }
+
     /// Appends a validated batch as the next offsets, written in `term`: stamps base offset
     /// and leader epoch (outside the CRC), rolls the segment at the size limit or on a term
-    /// change. In memory only; durable after a flush.
+    /// change. In memory only; durable after a flush. Refused with [`LogError::DiskFull`]
+    /// while the disk is full.
     pub fn append(&mut self, batch: &RecordBatch, term: u64) -> Result<Appended, LogError> {
         self.check_ok()?;
+        if let Some(why) = &self.disk_full {
+            return Err(LogError::DiskFull(why.clone()));
+        }
         let epoch = i32::try_from(term).map_err(|_| LogError::TermTooLarge(term))?;
         let len = batch.len() as u64;
         let base = self.next_offset;
+        let last = base + batch.offset_count() - 1;
+        let flush_in_flight = self.flush_in_flight;
+        let segment_bytes = self.config.segment_bytes;
         let roll = match self.segments.values_mut().next_back() {
             None => true,
-            Some(s) if s.batches.is_empty() => {
+            Some(s) if s.is_empty() => {
                 // An empty active segment is reused. If its file does not exist yet it simply
                 // takes the new term's name; otherwise it keeps the name of the term it was
                 // created in (batches carry their own epoch).
-                if s.term != term && s.file.is_none() && !self.flush_in_flight {
+                if s.term != term && s.file().is_none() && !flush_in_flight {
                     s.term = term;
                     s.name = segment::segment_name(s.base_offset, term);
                 }
                 false
             }
-            Some(s) => s.term != term || s.size() + len > self.config.segment_bytes,
+            Some(s) => {
+                s.term != term
+                    || s.size() + len > segment_bytes
+                    // Relative offsets in the index are 32-bit.
+                    || last - s.base_offset > u64::from(u32::MAX)
+            }
         };
         if roll {
-            if let Some(s) = self.segments.values_mut().next_back() {
-                s.appender.seal();
-            }
-            let seg =
-                Segment::new_empty(self.dir.clone(), self.config.write_chunk_bytes, base, term);
-            self.segments.insert(base, seg);
+            self.roll(term);
         }
-        let seg = self
-            .segments
-            .values_mut()
-            .next_back()
-            .expect("an active segment");
+        let interval = self.config.index_interval_bytes;
+        let h = *batch.header();
+        let seg = self.active();
         let pos = seg.appender.dirty().0;
         let header = batch.stamped_header(base as i64, epoch);
         seg.appender
             .append(&[&header, &batch.bytes()[BATCH_HEADER_LEN..]]);
-        let last = base + batch.offset_count() - 1;
-        seg.batches.push(BatchEntry {
+        seg.shared
+            .index
+            .borrow_mut()
+            .as_mut()
+            .expect("the active segment's index is loaded")
+            .note_batch(
+                (base - seg.base_offset) as u32,
+                pos as u32,
+                seg.max_timestamp,
+                interval,
+            );
+        if seg.is_empty() {
+            seg.first_timestamp = h.max_timestamp;
+        }
+        seg.max_timestamp = seg.max_timestamp.max(h.max_timestamp);
+        seg.last_batch = Some(LastBatch {
             base_offset: base,
-            last_offset: last,
             pos,
             len: len as u32,
-            epoch,
+            crc: h.crc,
         });
+        seg.next_offset = last + 1;
         let segment = seg.base_offset;
         self.next_offset = last + 1;
+        if let Some((cache, id)) = &self.cache {
+            cache.insert(
+                *id,
+                base,
+                last,
+                header,
+                batch.bytes().slice(BATCH_HEADER_LEN..),
+            );
+        }
         self.check_offsets();
         Ok(Appended {
             base_offset: base,
@@ -512,57 +1001,146 @@ impl<D: SegmentDir> PartitionLog<D> {
         self.waiters.values().map(Vec::len).sum()
     }
 
-    /// Takes every unwritten byte into a flush job; `None` when everything is already written.
-    /// At most one job is in flight.
+    /// Takes every unwritten byte into a flush job — plus the index files of sealed segments
+    /// and the segment checkpoint once the job has made those segments durable, and the file
+    /// of an active segment rolled by age — `None` when there is nothing to do. At most one
+    /// job is in flight.
     pub fn start_flush(&mut self) -> Result<Option<FlushJob<D>>, LogError> {
         self.check_ok()?;
         if self.flush_in_flight {
             return Err(LogError::FlushInFlight);
         }
         let mut segments = Vec::new();
-        for seg in self.segments.values_mut() {
-            if let Some(pending) = seg.appender.take_writes() {
+        let n = self.segments.len();
+        for (i, seg) in self.segments.values_mut().enumerate() {
+            let pending = seg.appender.take_writes();
+            // An empty active segment after a roll gets its file now, so the files on disk
+            // always carry the log end once older segments go.
+            let create_empty = pending.is_none() && i + 1 == n && i > 0 && !seg.on_disk;
+            if pending.is_some() || create_empty {
                 segments.push(SegmentWrites {
                     base_offset: seg.base_offset,
                     name: seg.name.clone(),
-                    file: seg.file.clone(),
-                    pending,
+                    file: seg.file(),
+                    pending: pending.unwrap_or(PendingWrites {
+                        writes: Vec::new(),
+                        end: seg.appender.dirty(),
+                    }),
                 });
             }
         }
-        if segments.is_empty() {
+        let mut index_writes = Vec::new();
+        for seg in self.segments.values_mut() {
+            let loaded = seg.shared.index.borrow().is_some();
+            if seg.is_sealed() && seg.index_files == IndexFiles::Missing && loaded {
+                let index = seg.shared.index.borrow().clone().expect("loaded");
+                index_writes.push(IndexWrite {
+                    base_offset: seg.base_offset,
+                    term: seg.term,
+                    name: seg.name.clone(),
+                    index,
+                    meta: seg.index_meta(true),
+                });
+                seg.index_files = IndexFiles::Writing;
+            }
+        }
+        if segments.is_empty() && index_writes.is_empty() && !self.dir_sync_pending {
+            // Nothing is waiting for space (a truncation dropped it): appends may resume.
+            self.disk_full = None;
             return Ok(None);
         }
+        let manifest = (!index_writes.is_empty()).then(|| self.manifest(self.next_offset));
         self.flush_in_flight = true;
+        let sync_dir = std::mem::take(&mut self.dir_sync_pending);
         Ok(Some(FlushJob {
             dir: self.dir.clone(),
             segments,
+            sync_dir,
+            index_writes,
+            manifest,
             target: self.next_offset,
         }))
     }
 
-    /// Records phase one's outcome: the written bytes become readable.
+    /// The checkpoint describing the closed segments whose index files are (being) written.
+    fn manifest(&self, durable_end: u64) -> Manifest {
+        Manifest {
+            durable_end,
+            segments: self
+                .segments
+                .values()
+                .filter(|s| s.is_sealed() && s.index_files != IndexFiles::Missing)
+                .map(|s| ManifestSegment {
+                    base_offset: s.base_offset,
+                    term: s.term,
+                    size: s.size(),
+                    next_offset: s.next_offset,
+                    max_timestamp: s.max_timestamp,
+                    first_timestamp: s.first_timestamp,
+                })
+                .collect(),
+            active: None,
+        }
+    }
+
+    /// Records phase one's outcome: the written bytes become readable. On a full disk the
+    /// job's bytes go back into memory for the next flush and appends are refused until then
+    /// (returns [`LogError::DiskFull`]); any other failure fails the log.
     pub fn finish_write(
         &mut self,
-        r: Result<WrittenJob<D>, LogError>,
+        r: Result<WrittenJob<D>, WriteFailed<D>>,
     ) -> Result<WrittenJob<D>, LogError> {
         assert!(self.flush_in_flight, "finish_write without a flush");
         let job = match r {
             Ok(job) => job,
-            Err(e) => {
-                self.fail(&e);
-                return Err(e);
+            Err(failed) => {
+                self.flush_in_flight = false;
+                for base in &failed.index_bases {
+                    if let Some(seg) = self.segments.get_mut(base) {
+                        seg.index_files = IndexFiles::Missing;
+                    }
+                }
+                let LogError::DiskFull(why) = &failed.error else {
+                    self.fail(&failed.error);
+                    return Err(failed.error);
+                };
+                let why = why.clone();
+                tracing::warn!(error = %why, unwritten = self.unwritten_bytes(),
+                    "disk full: keeping the unwritten bytes, refusing appends until a flush succeeds");
+                for (base, created, writes) in failed.returned {
+                    let seg = self
+                        .segments
+                        .get_mut(&base)
+                        .expect("segments with unwritten bytes stay while a flush is in flight");
+                    if let Some(file) = created {
+                        seg.set_file(file);
+                        self.dir_sync_pending = true;
+                    }
+                    seg.appender.requeue(writes);
+                }
+                self.disk_full = Some(why);
+                return Err(failed.error);
             }
         };
         for s in &job.segments {
             let seg = self
                 .segments
                 .get_mut(&s.base_offset)
-                .expect("segments do not change while a flush is in flight");
+                .expect("segments with unwritten bytes stay while a flush is in flight");
             if s.created {
-                seg.file = Some(s.file.clone());
+                seg.set_file(s.file.clone());
             }
             seg.appender.mark_stable(s.end);
+        }
+        if job.synced_dir {
+            for seg in self.segments.values_mut() {
+                if seg.file().is_some() {
+                    seg.on_disk = true;
+                }
+            }
+        }
+        if self.disk_full.take().is_some() {
+            tracing::info!("disk space is back: the flush wrote everything it held");
         }
         self.stable_offset = self.stable_offset.max(job.target);
         self.check_offsets();
@@ -585,9 +1163,23 @@ impl<D: SegmentDir> PartitionLog<D> {
             let seg = self
                 .segments
                 .get_mut(&base)
-                .expect("segments do not change while a flush is in flight");
+                .expect("segments with unwritten bytes stay while a flush is in flight");
             seg.appender.mark_committed(end);
             seg.appender.release_if_sealed();
+        }
+        for (base, ok) in job.indexed {
+            if let Some(seg) = self.segments.get_mut(&base) {
+                seg.index_files = if ok {
+                    IndexFiles::Complete
+                } else {
+                    IndexFiles::Missing
+                };
+                if ok && seg.is_sealed() {
+                    // Complete and durable: give the descriptor back (glommio closes it on
+                    // its next I/O cycle; a read in flight keeps its handle). Reads reopen it.
+                    seg.shared.file.borrow_mut().take();
+                }
+            }
         }
         self.committed_offset = self.committed_offset.max(job.target);
         self.check_offsets();
@@ -627,7 +1219,7 @@ impl<D: SegmentDir> PartitionLog<D> {
     /// segment, up to `max_bytes` — but always at least the first batch, even if larger
     /// (Kafka's rule, so a consumer can make progress). Only bytes written to the file are
     /// served; an offset at the end, or not yet written, gives an empty result.
-    pub fn plan_read(&self, offset: u64, max_bytes: usize) -> Result<ReadPlan<D::File>, LogError> {
+    pub fn plan_read(&self, offset: u64, max_bytes: usize) -> Result<ReadPlan<D>, LogError> {
         if offset < self.log_start || offset > self.next_offset {
             return Err(LogError::OffsetOutOfRange {
                 offset,
@@ -635,43 +1227,35 @@ impl<D: SegmentDir> PartitionLog<D> {
                 end: self.next_offset,
             });
         }
-        let empty = |segment: String| ReadPlan {
-            file: None,
-            segment,
-            pos: 0,
-            len: 0,
-            base_offset: offset,
-            next_offset: offset,
-            max_batch_bytes: self.config.max_batch_bytes,
-        };
         let Some((_, seg)) = self.segments.range(..=offset).next_back() else {
-            return Ok(empty(String::new()));
+            return Ok(ReadPlan::empty(offset));
         };
-        let Some(first) = seg.find(offset) else {
-            return Ok(empty(seg.name.clone()));
-        };
-        let stable = seg.appender.stable().0;
-        let start = seg.batches[first];
-        let mut end = start;
-        let mut total = 0usize;
-        for b in &seg.batches[first..] {
-            if b.end_pos() > stable || (total > 0 && total + b.len as usize > max_bytes) {
-                break;
-            }
-            total += b.len as usize;
-            end = *b;
+        if offset >= seg.next_offset {
+            return Ok(ReadPlan::empty(offset));
         }
-        if total == 0 {
-            return Ok(empty(seg.name.clone()));
+        let mut fill = None;
+        if let Some((cache, id)) = &self.cache {
+            let limit = self.stable_offset.min(seg.next_offset);
+            if let Some((bytes, base_offset, next_offset)) =
+                cache.read(*id, offset, limit, max_bytes)
+            {
+                let mut plan = ReadPlan::empty(offset);
+                plan.ready = Some(ReadBatches {
+                    bytes,
+                    base_offset,
+                    next_offset,
+                });
+                return Ok(plan);
+            }
+            cache.miss();
+            fill = Some((cache.clone(), *id));
         }
         Ok(ReadPlan {
-            file: seg.file.clone(),
-            segment: seg.name.clone(),
-            pos: start.pos,
-            len: total,
-            base_offset: start.base_offset,
-            next_offset: end.last_offset + 1,
-            max_batch_bytes: self.config.max_batch_bytes,
+            seg: Some(PlanSegment::new(self, seg)),
+            offset,
+            max_bytes,
+            ready: None,
+            fill,
         })
     }
 
@@ -680,9 +1264,39 @@ impl<D: SegmentDir> PartitionLog<D> {
         self.plan_read(offset, max_bytes)?.run().await
     }
 
-    /// Removes every batch from `offset` on (a batch boundary, `>= floor`), durably: the cut
-    /// segment is truncated and fdatasynced, later segments are deleted and the directory
-    /// synced before this returns. Waiters beyond the new end fail.
+    /// Resolves a lookup of the first batch whose max timestamp is at least `ts`, at or after
+    /// the log start and starting below offset `below` (e.g. the high watermark): Kafka's
+    /// ListOffsets by time. Segments are picked by their max timestamp (no I/O), then the
+    /// segment's time index bounds the scan to about one index interval.
+    pub fn plan_find_timestamp(&self, ts: i64, below: u64) -> TimestampPlan<D> {
+        let segs = self
+            .segments
+            .values()
+            .filter(|s| s.next_offset > self.log_start && s.base_offset < below)
+            .filter(|s| s.max_timestamp >= ts)
+            .map(|s| PlanSegment::new(self, s))
+            .collect();
+        TimestampPlan {
+            segs,
+            ts,
+            below,
+            from_offset: self.log_start,
+        }
+    }
+
+    /// [`Self::plan_find_timestamp`] and [`TimestampPlan::run`] in one call.
+    pub async fn find_timestamp(
+        &self,
+        ts: i64,
+        below: u64,
+    ) -> Result<Option<ReadBatches>, LogError> {
+        self.plan_find_timestamp(ts, below).run().await
+    }
+
+    /// Removes every batch from `offset` on (a batch boundary, `>= floor`), durably: the
+    /// index files that could describe removed bytes and the segment checkpoint are removed,
+    /// the cut segment is truncated and fdatasynced, later segments are deleted and the
+    /// directory synced before this returns. Waiters beyond the new end fail.
     pub async fn truncate_suffix(&mut self, offset: u64, floor: u64) -> Result<(), LogError> {
         self.check_ok()?;
         if self.flush_in_flight {
@@ -720,26 +1334,21 @@ impl<D: SegmentDir> PartitionLog<D> {
         } else {
             holder
         };
-        let seg = &self.segments[&keep];
-        let (cut_idx, pos) = if offset == seg.next_offset() {
-            (seg.batches.len(), seg.size())
-        } else {
-            match seg.batches.iter().position(|b| b.base_offset == offset) {
-                Some(i) => (i, seg.batches[i].pos),
-                None if seg.batches.is_empty() => (0, 0),
-                None => return Err(LogError::NotBatchBoundary { offset }),
-            }
-        };
-
-        let r = self.cut(keep, cut_idx, pos).await;
+        let r = self.cut(keep, offset).await;
         if let Err(e) = &r {
-            self.fail(e);
+            if !matches!(e, LogError::NotBatchBoundary { .. }) {
+                self.fail(e);
+            }
         }
         r?;
 
         self.next_offset = offset;
         self.stable_offset = self.stable_offset.min(offset);
         self.committed_offset = self.committed_offset.min(offset);
+        if self.unwritten_bytes() == 0 {
+            self.disk_full = None;
+        }
+        self.uncache(offset, u64::MAX);
         self.check_offsets();
         let gone = self.waiters.split_off(&(offset + 1));
         for (awaited, slots) in gone {
@@ -756,15 +1365,85 @@ impl<D: SegmentDir> PartitionLog<D> {
         Ok(())
     }
 
-    async fn cut(&mut self, keep: u64, cut_idx: usize, pos: u64) -> Result<(), LogError> {
-        // 1. Cut the kept segment, durably. A crash after this but before step 2 leaves later
+    /// Finds where batch `offset` starts in segment `base` (walking from the index entry
+    /// below it, through the file and the appender's memory): `(position, max timestamp of
+    /// the batches before it, last batch before it)`.
+    async fn locate(
+        &self,
+        base: u64,
+        offset: u64,
+    ) -> Result<(u64, i64, Option<LastBatch>), LogError> {
+        let seg = &self.segments[&base];
+        if offset == seg.next_offset {
+            return Ok((seg.size(), seg.max_timestamp, seg.last_batch));
+        }
+        if offset == seg.base_offset {
+            return Ok((0, index::NO_TIMESTAMP, None));
+        }
+        let rel = (offset - seg.base_offset) as u32;
+        let entry = seg
+            .shared
+            .index
+            .borrow()
+            .as_ref()
+            .expect("index loaded")
+            .lookup_offset(rel)
+            .expect("a non-empty segment has an index entry");
+        let file = seg.file();
+        let src = SegmentSource {
+            file: file.as_deref(),
+            appender: &seg.appender,
+            name: &seg.name,
+        };
+        let walked = scan::walk_to(
+            &src,
+            &seg.name,
+            u64::from(entry.pos),
+            seg.base_offset + u64::from(entry.rel_offset),
+            seg.size(),
+            offset,
+            self.config.max_batch_bytes,
+        )
+        .await?;
+        let w = walked.map_err(|()| LogError::NotBatchBoundary { offset })?;
+        Ok((w.pos, entry.max_ts_before.max(w.max_ts), w.last))
+    }
+
+    /// Cuts segment `keep` at batch `offset` and deletes every later segment.
+    async fn cut(&mut self, keep: u64, offset: u64) -> Result<(), LogError> {
+        // 0. The kept segment becomes the active one: it needs its file and index.
+        {
+            let seg = &self.segments[&keep];
+            if seg.on_disk || seg.file().is_some() {
+                let plan = PlanSegment::new(self, seg);
+                plan.file().await?;
+                plan.with_index(|_| ()).await?;
+            }
+        }
+        let (pos, max_ts_before, last_before) = self.locate(keep, offset).await?;
+        // 1. Forget what could describe removed bytes: index files of the kept and later
+        //    segments, and the checkpoint (when a closed segment is cut or deleted).
+        let later: Vec<u64> = self.segments.range(keep + 1..).map(|(&b, _)| b).collect();
+        let mut removed = false;
+        for (&base, seg) in self.segments.range(keep..) {
+            let (ix, tx) = segment::index_names(base, seg.term);
+            removed |= remove_if_exists(&self.dir, &ix).await?;
+            removed |= remove_if_exists(&self.dir, &tx).await?;
+        }
+        // (The checkpoint may also hold the active segment's prefix: always retire it.)
+        removed |= remove_if_exists(&self.dir, manifest::FILE).await?;
+        if removed {
+            self.dir
+                .sync()
+                .await
+                .map_err(io_err("(directory)", "sync directory"))?;
+        }
+        // 2. Cut the kept segment, durably. A crash after this but before step 3 leaves later
         //    segments that no longer follow on; recovery deletes them as a gap.
         let seg = self.segments.get_mut(&keep).expect("kept segment");
+        seg.index_files = IndexFiles::Missing;
         if !seg.appender.truncate_in_memory(pos) {
-            let file = seg
-                .file
-                .clone()
-                .expect("bytes below the memory tail are on file");
+            let file = seg.file().expect("bytes below the memory tail are on file");
             let tail_start = align_down(pos);
             let tail = file
                 .read_at(tail_start, (pos - tail_start) as usize)
@@ -779,8 +1458,21 @@ impl<D: SegmentDir> PartitionLog<D> {
             }
             seg.appender.reset(pos, &tail);
         }
-        seg.batches.truncate(cut_idx);
-        if let Some(file) = &seg.file {
+        if let Some(ix) = seg.shared.index.borrow_mut().as_mut() {
+            ix.truncate((offset - seg.base_offset) as u32);
+        }
+        seg.next_offset = offset;
+        seg.max_timestamp = if offset == seg.base_offset {
+            index::NO_TIMESTAMP
+        } else {
+            max_ts_before
+        };
+        if offset == seg.base_offset {
+            seg.first_timestamp = index::NO_TIMESTAMP;
+            seg.first_seen_ms = None;
+        }
+        seg.last_batch = last_before;
+        if let Some(file) = seg.file() {
             let size = file.size().await.map_err(io_err(&seg.name, "size"))?;
             if size > pos {
                 file.truncate(pos)
@@ -791,8 +1483,7 @@ impl<D: SegmentDir> PartitionLog<D> {
                     .map_err(io_err(&seg.name, "fdatasync"))?;
             }
         }
-        // 2. Delete later segments, last first, so any partial outcome is still a prefix.
-        let later: Vec<u64> = self.segments.range(keep + 1..).map(|(&b, _)| b).collect();
+        // 3. Delete later segments, last first, so any partial outcome is still a prefix.
         let mut removed = false;
         for base in later.into_iter().rev() {
             let seg = self.segments.remove(&base).expect("listed segment");
@@ -809,15 +1500,13 @@ impl<D: SegmentDir> PartitionLog<D> {
 
     /// Removes a segment's file if it has one; `true` if a file was removed.
     async fn drop_segment(&self, seg: Segment<D>) -> Result<bool, LogError> {
-        let Some(file) = seg.file else {
+        let file = seg.shared.file.borrow_mut().take();
+        if !seg.on_disk && file.is_none() {
             return Ok(false);
-        };
-        self.dir
-            .remove(&seg.name)
-            .await
-            .map_err(io_err(&seg.name, "remove"))?;
+        }
+        remove_if_exists(&self.dir, &seg.name).await?;
         // A read in flight may still hold the file; then it is closed when that read drops it.
-        if let Ok(file) = Rc::try_unwrap(file) {
+        if let Some(file) = file.and_then(|f| Rc::try_unwrap(f).ok()) {
             file.close().await.map_err(io_err(&seg.name, "close"))?;
         }
         Ok(true)
@@ -825,8 +1514,8 @@ impl<D: SegmentDir> PartitionLog<D> {
 
     /// Moves the log start offset forward to `offset` (≤ the committed offset) without any
     /// I/O, so a caller may do it while appends go on; the files below it are reclaimed by
-    /// [`Self::truncate_prefix`]. Persisting the new start is the caller's (see
-    /// [`checkpoint`]). Returns whether the start moved.
+    /// [`Self::detach_below_start`] (or [`Self::truncate_prefix`]). Persisting the new start
+    /// is the caller's (see [`checkpoint`]). Returns whether the start moved.
     pub fn advance_log_start(&mut self, offset: u64) -> Result<bool, LogError> {
         self.check_ok()?;
         if offset <= self.log_start {
@@ -839,6 +1528,7 @@ impl<D: SegmentDir> PartitionLog<D> {
             });
         }
         self.log_start = offset;
+        self.uncache(0, offset);
         self.check_offsets();
         Ok(true)
     }
@@ -849,70 +1539,96 @@ impl<D: SegmentDir> PartitionLog<D> {
     ///
     /// The start offset itself is not persisted: after a restart the log starts at its first
     /// surviving batch, and the owner re-applies the start offset it keeps (e.g. in the
-    /// metadata store).
+    /// metadata store). Holds the log across the deletions: a caller that keeps appending
+    /// meanwhile uses [`Self::advance_log_start`] + [`Self::detach_below_start`] instead.
     pub async fn truncate_prefix(&mut self, offset: u64) -> Result<(), LogError> {
         self.check_ok()?;
-        if self.flush_in_flight {
-            return Err(LogError::FlushInFlight);
-        }
-        if offset <= self.log_start {
-            return Ok(());
-        }
-        if offset > self.committed_offset {
+        if offset > self.log_start && offset > self.committed_offset {
             return Err(LogError::BeyondCommitted {
                 offset,
                 committed: self.committed_offset,
             });
         }
-        self.log_start = offset;
-        let mut removed = false;
-        loop {
-            let mut it = self.segments.values();
-            let (Some(first), Some(second)) = (it.next(), it.next()) else {
-                break;
-            };
-            if first.next_offset() > offset || second.file.is_none() {
-                break;
-            }
-            let base = first.base_offset;
-            let seg = self.segments.remove(&base).expect("first segment");
-            match self.drop_segment(seg).await {
-                Ok(r) => removed |= r,
-                Err(e) => {
-                    self.fail(&e);
-                    return Err(e);
-                }
-            }
-        }
-        if removed {
-            if let Err(e) = self
-                .dir
-                .sync()
-                .await
-                .map_err(io_err("(directory)", "sync directory"))
-            {
+        self.advance_log_start(offset)?;
+        if let Some(job) = self.detach_below_start() {
+            if let Err(e) = job.run().await {
                 self.fail(&e);
                 return Err(e);
             }
         }
-        self.check_offsets();
         Ok(())
     }
 
-    /// Flushes, then closes every file. Use this rather than dropping the log (glommio warns
-    /// about `DmaFile`s dropped while open).
+    /// Flushes, then writes the segment checkpoint with the active segment's index (so the
+    /// next [`Self::open`] reads neither closed segments nor the active one's batches),
+    /// then closes every file. Use this rather than dropping the log (glommio warns about
+    /// `DmaFile`s dropped while open).
     pub async fn close(mut self) -> Result<(), LogError> {
-        let flushed = if self.failed.is_none() && !self.flush_in_flight {
-            self.flush().await.map(|_| ())
-        } else {
-            Ok(())
-        };
-        for (_, seg) in std::mem::take(&mut self.segments) {
-            if let Some(file) = seg.file.and_then(|f| Rc::try_unwrap(f).ok()) {
-                file.close().await.map_err(io_err(&seg.name, "close"))?;
+        if let Some((cache, id)) = self.cache.take() {
+            cache.remove_log(id);
+        }
+        let mut result = Ok(());
+        if self.failed.is_none() && !self.flush_in_flight {
+            // Two rounds: the second writes index files the first one's data completed.
+            for _ in 0..2 {
+                if let Err(e) = self.flush().await {
+                    result = Err(e);
+                    break;
+                }
+            }
+            let clean = result.is_ok()
+                && self
+                    .segments
+                    .values()
+                    .all(|s| !s.is_sealed() || s.index_files == IndexFiles::Complete);
+            if clean {
+                result = self.write_shutdown_checkpoint().await;
             }
         }
-        flushed
+        for (_, seg) in std::mem::take(&mut self.segments) {
+            let file = seg.shared.file.borrow_mut().take();
+            if let Some(file) = file.and_then(|f| Rc::try_unwrap(f).ok()) {
+                let closed = file.close().await.map_err(io_err(&seg.name, "close"));
+                if result.is_ok() {
+                    result = closed;
+                }
+            }
+        }
+        result
+    }
+
+    /// The segment checkpoint with the active segment's sparse index as a prefix (recovery
+    /// then scans only what follows). Everything is durable (called after a flush).
+    async fn write_shutdown_checkpoint(&mut self) -> Result<(), LogError> {
+        let mut m = self.manifest(self.committed_offset);
+        if let Some(seg) = self.segments.values().next_back() {
+            if !seg.is_empty() && seg.on_disk && !seg.is_sealed() {
+                m.active = Some(manifest::ActivePrefix {
+                    term: seg.term,
+                    index: seg.shared.index.borrow().clone().expect("active index"),
+                    meta: seg.index_meta(false),
+                });
+            }
+        }
+        let created = manifest::write(&self.dir, &m)
+            .await
+            .map_err(io_err(manifest::FILE, "write"))?;
+        if created {
+            self.dir
+                .sync()
+                .await
+                .map_err(io_err("(directory)", "sync directory"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes `name`; `false` if it did not exist.
+async fn remove_if_exists<D: SegmentDir>(dir: &D, name: &str) -> Result<bool, LogError> {
+    match dir.remove(name).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(name, "remove")(e)),
     }
 }
 
