@@ -1,13 +1,24 @@
 //! Private glue between our types and raft-rs: the `raft::Storage` implementation over a
 //! [`LogStore`], and conversions of entries, hard state and membership.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 use raft::eraftpb::{self, ConfState, EntryType};
-use raft::{RaftState, StorageError};
+use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::store::{LogStore, StoreError};
-use crate::types::{EntryKind, HardState, LogEntry, Membership};
+use crate::types::{EntryKind, GroupId, HardState, LogEntry, Membership};
+
+/// Reads that answered "loading" and wait for the store (raft-rs async fetch).
+#[derive(Default)]
+pub(crate) struct Fetches {
+    /// raft-rs contexts to hand back with `on_entries_fetched`.
+    pub(crate) waiting: RefCell<Vec<GetEntriesContext>>,
+    /// `LogStore::loads_completed` when the oldest waiting read missed.
+    pub(crate) loads_at_miss: Cell<u64>,
+}
 
 /// What raft-rs reads through `raft::Storage`: the group's [`LogStore`] plus the applied
 /// index and configuration the driver maintains.
@@ -19,12 +30,20 @@ pub(crate) struct RaftStore<S> {
     pub(crate) conf_state: ConfState,
     /// Highest index whose entry has been applied (delivered as committed).
     pub(crate) applied: u64,
+    /// The group (for the driver's registry of waiting reads).
+    pub(crate) group: GroupId,
+    /// Reads waiting for the store to load entries.
+    pub(crate) fetches: Fetches,
+    /// The driver's set of groups with waiting reads.
+    pub(crate) fetching: Rc<RefCell<BTreeSet<GroupId>>>,
 }
 
 fn to_raft_err(e: StoreError) -> raft::Error {
     raft::Error::Store(match e {
         StoreError::Compacted(_) => StorageError::Compacted,
         StoreError::Unavailable(_) => StorageError::Unavailable,
+        // Only reads that may wait see `LogTemporarilyUnavailable` (see `entries`); anywhere
+        // else a load means the store broke its contract and raft-rs stops.
         other => StorageError::Other(Box::new(other)),
     })
 }
@@ -42,11 +61,24 @@ impl<S: LogStore> raft::Storage for RaftStore<S> {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: raft::GetEntriesContext,
+        context: raft::GetEntriesContext,
     ) -> raft::Result<Vec<eraftpb::Entry>> {
         let max = max_size.into().unwrap_or(u64::MAX);
-        let entries = self.store.entries(low, high, max).map_err(to_raft_err)?;
-        Ok(entries.iter().map(entry_to_pb).collect())
+        match self.store.entries(low, high, max) {
+            Ok(entries) => Ok(entries.iter().map(entry_to_pb).collect()),
+            Err(StoreError::Loading(_)) if context.can_async() => {
+                // raft-rs async fetch: it retries this send once told the entries are there
+                // (`RawNode::on_entries_fetched`, called by the driver after a load).
+                let mut waiting = self.fetches.waiting.borrow_mut();
+                if waiting.is_empty() {
+                    self.fetches.loads_at_miss.set(self.store.loads_completed());
+                }
+                waiting.push(context);
+                self.fetching.borrow_mut().insert(self.group);
+                Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable))
+            }
+            Err(e) => Err(to_raft_err(e)),
+        }
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -161,6 +193,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    /// Raft §5.3 and §6: an entry keeps its index, term and kind — data, the leader no-op
+    /// (§5.4.2, §8) and both kinds of configuration entry (§6) — through raft-rs's representation.
     #[test]
     fn entry_kinds_round_trip() {
         for (kind, payload) in [
@@ -179,6 +213,8 @@ mod tests {
         }
     }
 
+    /// Raft §6: a joint configuration (incoming and outgoing voters, learners) survives the
+    /// conversion to raft-rs and back.
     #[test]
     fn membership_round_trips() {
         let m = Membership {

@@ -54,7 +54,9 @@
 //! its own seeded [`Prng`], and iterates only ordered maps, so a driver is a deterministic
 //! function of its inputs (which the simulator relies on).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -65,7 +67,7 @@ use raft::eraftpb::{
 use raft::{Changer, ProgressState, RawNode, SnapshotStatus, StateRole};
 
 use crate::adapter::{
-    entry_from_pb, hard_state_from_pb, membership_from_pb, membership_to_pb, RaftStore,
+    entry_from_pb, hard_state_from_pb, membership_from_pb, membership_to_pb, Fetches, RaftStore,
 };
 use crate::clock::Clock;
 use crate::group::{role_of, Group, PendingReady};
@@ -376,6 +378,9 @@ pub struct Driver<S: LogStore, T: Transport, C: Clock> {
     syncing: BTreeSet<GroupId>,
     /// Groups holding back committed entries (a leader's own removal).
     deferring: BTreeSet<GroupId>,
+    /// Groups with reads waiting for their store to load entries (shared with the groups'
+    /// `RaftStore`s, which register themselves on a miss).
+    fetching: Rc<RefCell<BTreeSet<GroupId>>>,
     outbox: BTreeMap<NodeId, Outgoing>,
     peers: BTreeMap<NodeId, PeerState>,
     last_tick_ms: u64,
@@ -410,6 +415,7 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
             dirty: BTreeSet::new(),
             syncing: BTreeSet::new(),
             deferring: BTreeSet::new(),
+            fetching: Rc::default(),
             outbox: BTreeMap::new(),
             peers: BTreeMap::new(),
             last_tick_ms,
@@ -522,7 +528,15 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
         let state = store.initial_state();
         let start = store.log_start();
         let last = store.last_index();
-        let applied = state.membership_index.max(start.index);
+        if state.applied > last {
+            return Err(DriverError::Inconsistent(format!(
+                "applied checkpoint {} beyond the log end {last}",
+                state.applied
+            )));
+        }
+        // A store's applied checkpoint covers only entries it made durable before recording
+        // it, with every membership change up to it recorded (see `StoredState::applied`).
+        let applied = state.membership_index.max(start.index).max(state.applied);
         if applied > last {
             return Err(DriverError::Inconsistent(format!(
                 "membership applied at {applied} but the log ends at {last}"
@@ -567,6 +581,9 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
             initial_hard_state: hard_state,
             conf_state: membership_to_pb(&state.membership),
             applied,
+            group,
+            fetches: Fetches::default(),
+            fetching: Rc::clone(&self.fetching),
         };
         let mut raw = RawNode::new(&rcfg, raft_store, &self.logger)
             .map_err(|e| DriverError::Raft(e.to_string()))?;
@@ -606,6 +623,7 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
         self.dirty.remove(&group);
         self.syncing.remove(&group);
         self.deferring.remove(&group);
+        self.fetching.borrow_mut().remove(&group);
         Some(g.raw.raft.r.raft_log.store.store)
     }
 
@@ -932,6 +950,7 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
     /// per peer node. Call after every batch of inputs and after log-store syncs complete.
     pub fn process(&mut self) {
         for _ in 0..MAX_PROCESS_ROUNDS {
+            self.retry_fetches();
             let waiting: Vec<GroupId> = self.syncing.iter().copied().collect();
             for id in waiting {
                 self.release(id);
@@ -949,6 +968,37 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
             }
         }
         self.flush();
+    }
+
+    /// Hands raft-rs back the reads that waited for a load once the store completed one
+    /// (raft-rs "async fetch": it then retries sending those appends).
+    fn retry_fetches(&mut self) {
+        if self.fetching.borrow().is_empty() {
+            return;
+        }
+        let ids: Vec<GroupId> = self.fetching.borrow().iter().copied().collect();
+        for id in ids {
+            let Some(g) = self.groups.get_mut(&id) else {
+                self.fetching.borrow_mut().remove(&id);
+                continue;
+            };
+            let rs = g.raw.store();
+            if g.failed.is_some() {
+                rs.fetches.waiting.borrow_mut().clear();
+                self.fetching.borrow_mut().remove(&id);
+                continue;
+            }
+            if rs.store.loads_completed() == rs.fetches.loads_at_miss.get() {
+                continue;
+            }
+            let waiting = std::mem::take(&mut *rs.fetches.waiting.borrow_mut());
+            self.fetching.borrow_mut().remove(&id);
+            // A retry that misses again registers the group anew.
+            for ctx in waiting {
+                g.raw.on_entries_fetched(ctx);
+            }
+            self.dirty.insert(id);
+        }
     }
 
     fn leader_group(&self, group: GroupId) -> Result<&Group<S>, ProposeError> {
@@ -1181,7 +1231,9 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
         }
         g.raw.advance_append_async(rd);
         if let Some(index) = applied_to {
-            g.raw.mut_store().applied = index;
+            let rs = g.raw.mut_store();
+            rs.applied = index;
+            rs.store.on_applied(index);
             g.raw.advance_apply_to(index);
         }
         step_down_if_removed(g);
@@ -1258,7 +1310,9 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
             }
         };
         if let Some(index) = applied_to {
-            g.raw.mut_store().applied = index;
+            let rs = g.raw.mut_store();
+            rs.applied = index;
+            rs.store.on_applied(index);
             g.raw.advance_apply_to(index);
         }
         step_down_if_removed(g);
@@ -1277,6 +1331,10 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
             self.syncing.remove(&id);
             return;
         };
+        if let Some(e) = g.raw.store().store.failure() {
+            self.fail(id, e);
+            return;
+        }
         let synced = g.raw.store().store.synced();
         let mut last = None;
         let mut out = Vec::new();
@@ -1302,6 +1360,7 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
                     if log.applied < index {
                         g.raw.advance_apply_to(index);
                     }
+                    g.raw.mut_store().store.on_applied(index);
                     g.snapshot_to_apply = None;
                 }
             }

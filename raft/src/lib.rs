@@ -6,8 +6,11 @@
 //! rest of Spate sees only the driver, the plain types in [`types`] and three seams:
 //!
 //! * [`LogStore`] — the group's log (one entry = one opaque payload with term, index and
-//!   [`EntryKind`]) and its hard state, with asynchronous, token-based durability. The
-//!   in-memory [`MemLogStore`]/[`MemDisk`] loses unsynced writes on a simulated crash.
+//!   [`EntryKind`]) and its hard state, with asynchronous, token-based durability. The real
+//!   one is [`SegmentStore`] ([`segment`]): the partition's Kafka segment log is the Raft log
+//!   (one entry = one record batch, control entries as Kafka control batches), hard state and
+//!   membership in the node's metadata store, made durable by a pump task. The in-memory
+//!   [`MemLogStore`]/[`MemDisk`] loses unsynced writes on a simulated crash.
 //! * [`Transport`] — fire-and-forget delivery of one [`wire::Envelope`] per peer node per
 //!   flush (heartbeats of all groups coalesced). [`MemNetwork`] is the in-memory one.
 //! * [`Clock`] — milliseconds; [`ManualClock`] for tests, [`MonotonicClock`] for real use.
@@ -52,6 +55,7 @@ mod driver;
 mod group;
 pub mod mem;
 pub mod rng;
+pub mod segment;
 pub mod store;
 pub mod transport;
 pub mod types;
@@ -66,6 +70,7 @@ pub use driver::{
 };
 pub use mem::{MemDisk, MemLogStore};
 pub use rng::Prng;
+pub use segment::{MemMeta, MetaIo, SegmentConfig, SegmentStore};
 pub use store::{LogStore, StoreError, StoredState, SyncToken};
 pub use transport::{MemNetwork, MemTransport, Transport};
 pub use types::{

@@ -427,6 +427,7 @@ impl LogStore for MemLogStore {
                 hard_state: g.meta.hard_state,
                 membership,
                 membership_index,
+                applied: 0,
             }
         })
     }
@@ -581,6 +582,8 @@ mod tests {
         }
     }
 
+    /// Raft §5.1 (Figure 2, "persistent state ... updated on stable storage before responding"):
+    /// the in-memory disk keeps exactly what a completed sync covered.
     #[test]
     fn unsynced_writes_are_lost_on_crash_synced_ones_survive() {
         let disk = MemDisk::new();
@@ -614,6 +617,8 @@ mod tests {
         assert_eq!(s.last_index(), 2);
     }
 
+    /// Raft §5.1: the failure model the driver must tolerate — a crash keeps a prefix of the
+    /// unsynced writes of each stream.
     #[test]
     fn random_crash_keeps_a_prefix_of_each_stream() {
         for seed in 0..200 {
@@ -639,6 +644,8 @@ mod tests {
         }
     }
 
+    /// Raft §5.3 (suffix truncation), §7 (compaction, snapshot installation with its
+    /// membership).
     #[test]
     fn truncate_compact_install() {
         let disk = MemDisk::with_auto_sync();

@@ -17,10 +17,17 @@
 //!   and the metadata record may keep different prefixes. The driver copes with both (it does
 //!   not trust the stored commit index, and a snapshot's membership must be durable
 //!   atomically with its log reset).
+//! * **Reads may be asynchronous below the applied index.** A store that keeps only part of
+//!   its log in memory (the segment-log adapter, [`crate::segment`]) answers [`LogStore::entries`]
+//!   with [`StoreError::Loading`] for entries it must read from disk, starts loading them and
+//!   counts completed loads in [`LogStore::loads_completed`]; the driver retries then (raft-rs
+//!   "async fetch", used only when sending appends to followers). Entries above the applied
+//!   index (reported with [`LogStore::on_applied`]) must always be served at once: raft-rs
+//!   reads committed entries and pending configuration changes synchronously.
 //!
-//! One entry is one opaque payload (later: one Kafka batch) with term, index and
-//! [`EntryKind`], so the segment-log adapter can write leader no-ops and configuration entries
-//! as Kafka control batches.
+//! One entry is one opaque payload (one Kafka batch for the segment-log adapter) with term,
+//! index and [`EntryKind`], so the segment-log adapter can write leader no-ops and
+//! configuration entries as Kafka control batches.
 
 use bytes::Bytes;
 
@@ -44,6 +51,10 @@ pub enum StoreError {
     /// The device failed; the group must stop.
     #[error("i/o error: {0}")]
     Io(String),
+    /// The entry at this index is on disk only; the store is loading it (see the module
+    /// documentation). Never returned for indexes above the applied index.
+    #[error("index {0} is being loaded from disk")]
+    Loading(u64),
 }
 
 /// What a store holds when a group is opened.
@@ -58,6 +69,12 @@ pub struct StoredState {
     pub membership: Membership,
     /// Index at which `membership` took effect (0 for none).
     pub membership_index: u64,
+    /// A durable applied checkpoint (0 for none): every entry up to it is committed, was
+    /// applied (so every membership change up to it is in `membership`) and is durable in
+    /// this store's log. The driver restarts from it instead of replaying the log from the
+    /// last membership change. A store may only report an index whose entries it made durable
+    /// *before* the checkpoint itself (the in-memory store reports none).
+    pub applied: u64,
 }
 
 /// The per-group log store seam. See the module documentation for the durability contract.
@@ -140,6 +157,84 @@ pub trait LogStore {
 
     /// Highest completed sync token.
     fn synced(&self) -> SyncToken;
+
+    /// Entries up to `index` were applied (delivered as committed). A store may drop their
+    /// payloads from memory once they are durable (and load them again on demand).
+    fn on_applied(&mut self, _index: u64) {}
+
+    /// Number of asynchronous loads completed (see [`StoreError::Loading`]); the driver
+    /// retries reads that answered `Loading` once this grows.
+    fn loads_completed(&self) -> u64 {
+        0
+    }
+
+    /// A failure of the store's background work (a failed fsync, a metadata write error):
+    /// the group must stop. Checked by the driver whenever it looks for completed syncs.
+    fn failure(&self) -> Option<StoreError> {
+        None
+    }
+}
+
+/// A boxed store is a store (the simulator runs the in-memory and the segment-log stores
+/// behind one driver type).
+impl<S: LogStore + ?Sized> LogStore for Box<S> {
+    fn initial_state(&self) -> StoredState {
+        (**self).initial_state()
+    }
+    fn log_start(&self) -> LogStart {
+        (**self).log_start()
+    }
+    fn first_index(&self) -> u64 {
+        (**self).first_index()
+    }
+    fn last_index(&self) -> u64 {
+        (**self).last_index()
+    }
+    fn term(&self, index: u64) -> Result<u64, StoreError> {
+        (**self).term(index)
+    }
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<LogEntry>, StoreError> {
+        (**self).entries(lo, hi, max_bytes)
+    }
+    fn append(&mut self, entries: &[LogEntry]) -> Result<(), StoreError> {
+        (**self).append(entries)
+    }
+    fn truncate_suffix(&mut self, from: u64) -> Result<(), StoreError> {
+        (**self).truncate_suffix(from)
+    }
+    fn compact_prefix(&mut self, through: u64) -> Result<(), StoreError> {
+        (**self).compact_prefix(through)
+    }
+    fn install_snapshot(&mut self, meta: &SnapshotMeta, payload: Bytes) -> Result<(), StoreError> {
+        (**self).install_snapshot(meta, payload)
+    }
+    fn snapshot_payload(&self, index: u64) -> Result<Bytes, StoreError> {
+        (**self).snapshot_payload(index)
+    }
+    fn membership_indexes(&self, after: u64) -> Result<Vec<u64>, StoreError> {
+        (**self).membership_indexes(after)
+    }
+    fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StoreError> {
+        (**self).set_hard_state(hard_state)
+    }
+    fn set_membership(&mut self, index: u64, membership: &Membership) -> Result<(), StoreError> {
+        (**self).set_membership(index, membership)
+    }
+    fn sync(&mut self) -> Result<SyncToken, StoreError> {
+        (**self).sync()
+    }
+    fn synced(&self) -> SyncToken {
+        (**self).synced()
+    }
+    fn on_applied(&mut self, index: u64) {
+        (**self).on_applied(index)
+    }
+    fn loads_completed(&self) -> u64 {
+        (**self).loads_completed()
+    }
+    fn failure(&self) -> Option<StoreError> {
+        (**self).failure()
+    }
 }
 
 /// A compact binary encoding of entries, used by [`LogStore::snapshot_payload`] of the

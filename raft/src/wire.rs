@@ -468,6 +468,8 @@ mod tests {
         }
     }
 
+    /// Raft §5 (Figure 2): every field of the RPCs and of the coalesced heartbeats (term,
+    /// commit) survives the envelope encoding.
     #[test]
     fn round_trip() {
         let env = sample();
@@ -481,6 +483,8 @@ mod tests {
         assert_eq!(Envelope::decode(&empty.encode()).unwrap(), empty);
     }
 
+    /// Raft §5.1 assumes messages may be lost, not forged: a damaged envelope is rejected whole
+    /// (checksum), so it is merely lost.
     #[test]
     fn every_truncation_and_bit_flip_is_rejected() {
         let bytes = sample().encode();
@@ -499,6 +503,7 @@ mod tests {
         }
     }
 
+    /// Raft §5.1 (lost messages only): a malformed count is rejected before allocating.
     #[test]
     fn lying_counts_do_not_allocate() {
         // A header followed by a huge heartbeat count, with a valid checksum.

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use spate_raft::mem::LogImage;
 use spate_raft::wire::{MessageKind, MessageSummary};
-use spate_raft::{GroupId, GroupStatus, LogEntry, MemDisk, NodeId, Role};
+use spate_raft::{GroupId, GroupStatus, LogEntry, NodeId, Role};
+
+use crate::disk::DiskView;
 
 /// A hash of an entry's content (kind and payload), for compact records.
 pub fn entry_hash(e: &LogEntry) -> u64 {
@@ -112,7 +114,7 @@ impl Checker {
     }
 
     /// Messages a node sent (decoded from the wire before any network fault).
-    pub fn on_sent(&mut self, from: NodeId, msgs: &[MessageSummary], disk: &MemDisk) {
+    pub fn on_sent(&mut self, from: NodeId, msgs: &[MessageSummary], disk: &dyn DiskView) {
         for m in msgs {
             if matches!(
                 m.kind,
@@ -144,7 +146,7 @@ impl Checker {
     /// §5.1: "Updated on stable storage before responding to RPCs". Every term a node sends
     /// must be durable there, a vote grant must be durable, and an append acknowledgement
     /// for index i means the durable log reaches i.
-    fn check_backed_by_disk(&mut self, from: NodeId, m: &MessageSummary, disk: &MemDisk) {
+    fn check_backed_by_disk(&mut self, from: NodeId, m: &MessageSummary, disk: &dyn DiskView) {
         let hs = disk.durable_hard_state(m.group);
         if hs.term < m.term {
             self.fail(format!(
@@ -164,8 +166,9 @@ impl Checker {
             ));
         }
         if m.kind == MessageKind::AppendResponse && !m.reject {
-            let log = disk.durable_log(m.group);
-            let last = log.start.index + log.entries.len() as u64;
+            let Some(last) = disk.durable_last(m.group) else {
+                return;
+            };
             if last < m.index {
                 self.fail(format!(
                     "§5.1 node {from} group {} acknowledged index {} but its durable log ends at \
@@ -227,14 +230,14 @@ impl Checker {
     }
 
     /// A snapshot was installed: what it transferred must be the committed entries (§7).
-    pub fn on_snapshot(&mut self, node: NodeId, group: GroupId, term: u64, disk: &MemDisk) {
-        for e in disk.visible_log(group).transferred {
+    pub fn on_snapshot(&mut self, node: NodeId, group: GroupId, term: u64, disk: &dyn DiskView) {
+        for e in disk.transferred(group) {
             self.record_commit(node, group, &e, term);
         }
     }
 
     /// Checks one replica after a step.
-    pub fn check_replica(&mut self, node: NodeId, status: &GroupStatus, disk: &MemDisk) {
+    pub fn check_replica(&mut self, node: NodeId, status: &GroupStatus, disk: &dyn DiskView) {
         let g = status.group;
         let prev = self.replicas.get(&(node, g)).copied().unwrap_or_default();
 
@@ -257,8 +260,7 @@ impl Checker {
         // left the node (e.g. a single-voter leader whose term was not yet durable restarts
         // and is elected again in the same term); whatever left the node is durable on the
         // receiver before it acknowledges, so nothing that matters escapes this check.
-        if let Some(from) = disk.take_changed(g) {
-            let log = disk.durable_log(g);
+        if let Some((from, log)) = disk.take_changed_durable(g) {
             self.check_log_matching(node, g, &log, from);
         }
 
@@ -277,11 +279,7 @@ impl Checker {
         // one configuration behind its log, i.e. at most one membership entry lies beyond its
         // commit index. Quorums of successive configurations overlap; of configurations two
         // apart they need not, so a replica further behind could win a stale election.
-        let pending_conf = disk
-            .visible_entries_from(g, status.commit + 1)
-            .iter()
-            .filter(|e| e.kind.is_membership())
-            .count();
+        let pending_conf = disk.membership_entries_after(g, status.commit);
         if pending_conf > 1 {
             self.fail(format!(
                 "§6 node {node} group {g} is {pending_conf} configurations behind its log \
@@ -354,7 +352,12 @@ impl Checker {
     }
 
     /// §5.4 leader completeness: a leader of term t holds every entry committed before t.
-    fn check_leader_completeness(&mut self, node: NodeId, status: &GroupStatus, disk: &MemDisk) {
+    fn check_leader_completeness(
+        &mut self,
+        node: NodeId,
+        status: &GroupStatus,
+        disk: &dyn DiskView,
+    ) {
         let g = status.group;
         let log = disk.visible_log(g);
         let mut missing = None;

@@ -7,11 +7,13 @@ use bytes::Bytes;
 use spate_raft::wire;
 use spate_raft::{
     Driver, DriverConfig, Event, GroupId, GroupInit, GroupStatus, LogEntry, ManualClock, MemDisk,
-    MemNetwork, Membership, NodeId, Proposal, ProposeError, Role,
+    MemLogStore, MemNetwork, MemTransport, Membership, NodeId, Proposal, ProposeError, Role,
 };
 
 use crate::checker::Checker;
-use crate::world::SimDriver;
+
+/// Scenario clusters run the in-memory store.
+pub type SimDriver = Driver<MemLogStore, MemTransport, ManualClock>;
 
 pub struct CNode {
     pub disk: MemDisk,

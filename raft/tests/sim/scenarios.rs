@@ -322,6 +322,8 @@ fn s6_s7_new_member_receives_a_snapshot() {
 /// Heartbeat coalescing: with many groups, each node sends one envelope per peer per flush,
 /// carrying every group's heartbeats, so the number of transport messages does not grow with
 /// the number of groups.
+///
+/// Raft §5.2: heartbeats are empty AppendEntries; here they travel coalesced.
 #[test]
 fn coalescing_one_envelope_per_node_pair_regardless_of_group_count() {
     fn no_quiesce(cfg: &mut spate_raft::DriverConfig) {
@@ -358,6 +360,9 @@ fn coalescing_one_envelope_per_node_pair_regardless_of_group_count() {
 
 /// Quiescence: idle groups stop ticking on every node (leaders and followers); a proposal wakes
 /// its group, which commits and quiesces again.
+///
+/// Raft §5.2: a follower's election timer is frozen only while its quiesced leader is known
+/// alive.
 #[test]
 fn quiescence_idle_groups_stop_ticking_and_wake_on_proposals() {
     let mut c = Cluster::new(3, three_voters(100));
@@ -435,6 +440,9 @@ fn raw_envelope(from: NodeId, to: NodeId, group: GroupId, m: &Message) -> Bytes 
 /// Malformed input from a peer is dropped with an error, never a panic: garbage and
 /// corrupted envelopes, envelopes for another node, and well-formed envelopes carrying
 /// messages raft-rs would panic on.
+///
+/// Raft §5.1 assumes non-Byzantine peers and lossy networks: malformed input is treated as a
+/// lost message.
 #[test]
 fn malformed_peer_messages_are_dropped_not_fatal() {
     let mut c = Cluster::new(3, three_voters(1));
@@ -525,6 +533,9 @@ fn malformed_peer_messages_are_dropped_not_fatal() {
 
 /// Random well-framed messages of every type with random fields never crash a replica
 /// (followers, candidates and leaders alike).
+///
+/// Raft §5.1 (lost, duplicated, reordered messages) and §5.2–§5.3 message handling under
+/// fuzzing.
 #[test]
 fn fuzzed_peer_messages_never_panic() {
     let types = [
@@ -628,18 +639,26 @@ fn fuzz_once(seed: u64, types: &[MessageType]) {
     }
 }
 
-/// The simulator is deterministic: one seed, one history.
+/// The simulator is deterministic: one seed, one history (over either store), so replaying a
+/// seed replays a §5–§7 invariant violation exactly.
 #[test]
 fn simulator_is_deterministic() {
-    for seed in [3, 17] {
-        let a = World::new(Params::from_seed(seed)).run();
-        let b = World::new(Params::from_seed(seed)).run();
+    for (seed, segment) in [(3, false), (17, false), (5, true)] {
+        let params = || {
+            let mut p = Params::from_seed(seed);
+            p.segment = segment;
+            p
+        };
+        let a = World::new(params()).run();
+        let b = World::new(params()).run();
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert!(a.violation.is_none(), "{a:?}");
     }
 }
 
 /// Roles reported in events agree with the status (sanity of the event stream).
+///
+/// Raft §5.2 roles (follower, candidate, leader) as reported to the broker.
 #[test]
 fn role_events_match_status() {
     let mut c = Cluster::new(3, three_voters(2));

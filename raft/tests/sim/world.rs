@@ -5,15 +5,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
+use spate_raft::segment::control::data_batch;
 use spate_raft::wire::{self, MessageKind};
 use spate_raft::{
-    Driver, DriverConfig, Event, GroupId, GroupInit, ManualClock, MemDisk, MemLogStore, MemNetwork,
+    Driver, DriverConfig, Event, GroupId, GroupInit, LogStore, ManualClock, MemNetwork,
     MemTransport, Membership, MembershipChange, NodeId, Prng, Role,
 };
 
 use crate::checker::Checker;
+use crate::disk::{proposal_key, SimDisk};
 
-pub type SimDriver = Driver<MemLogStore, MemTransport, ManualClock>;
+/// The in-memory store and the segment-log adapter run behind one driver type.
+pub type SimDriver = Driver<Box<dyn LogStore>, MemTransport, ManualClock>;
 
 /// Every knob of one run. All of it derives from the seed (see [`Params::from_seed`]); tests
 /// may override fields before running.
@@ -60,6 +63,17 @@ pub struct Params {
     /// Run a deliberately broken driver: 0 = correct, 1 = acknowledge everything (votes and
     /// appends) before fsync, 2 = acknowledge appends before fsync (votes stay correct).
     pub broken: u8,
+    /// Run the groups over the segment-log adapter (spate-storage's partition log on a
+    /// crash-injecting directory, metadata in an in-memory metadata store) instead of the
+    /// in-memory store; proposals are then Kafka record batches.
+    pub segment: bool,
+    /// Segment mode: payload bytes cached below the applied index (0: every follower that
+    /// lags is served by asynchronous loads from the segment files).
+    pub seg_cache_bytes: u64,
+    /// Segment mode: applied bytes between applied checkpoints.
+    pub seg_checkpoint_bytes: u64,
+    /// Segment mode: chance (per million) that a store's pump is not run in a poll pass.
+    pub seg_pump_lag_pm: u64,
 }
 
 impl Params {
@@ -125,6 +139,11 @@ impl Params {
             quiesce: r.chance(800_000),
             quiesce_after_ticks: r.range(3, 12) as u32,
             broken: 0,
+            segment: false,
+            // Drawn last, so the other knobs of a seed do not depend on the store.
+            seg_cache_bytes: [0, 300, 1 << 20][r.below(3) as usize],
+            seg_checkpoint_bytes: [1, 2000, u64::MAX][r.below(3) as usize],
+            seg_pump_lag_pm: [0, 300_000, 700_000][r.below(3) as usize],
         }
     }
 }
@@ -149,7 +168,7 @@ enum Ev {
 
 struct Node {
     id: NodeId,
-    disk: MemDisk,
+    disk: SimDisk,
     clock: ManualClock,
     driver: Option<SimDriver>,
     incarnation: u64,
@@ -170,6 +189,9 @@ pub struct Outcome {
     pub transfers: u64,
     pub quiesced: u64,
     pub malformed_dropped: u64,
+    /// Segment mode: asynchronous loads of evicted entries (followers served from the
+    /// segment files), counted over the stores open at the end.
+    pub loads: u64,
     /// Time from healing to every group having committed a new entry.
     pub recovery_ms: u64,
 }
@@ -210,7 +232,16 @@ impl World {
         let nodes = (1..=p.nodes)
             .map(|id| Node {
                 id,
-                disk: MemDisk::new(),
+                disk: if p.segment {
+                    SimDisk::segment(
+                        p.seed ^ id.rotate_left(40),
+                        p.seg_cache_bytes,
+                        p.seg_checkpoint_bytes,
+                        p.seg_pump_lag_pm,
+                    )
+                } else {
+                    SimDisk::mem()
+                },
                 clock: ManualClock::new(),
                 driver: None,
                 incarnation: 0,
@@ -288,6 +319,7 @@ impl World {
         self.out.sim_ms = self.now;
         self.out.committed = self.checker.committed_count;
         for n in &self.nodes {
+            self.out.loads += n.disk.loads();
             if let Some(d) = &n.driver {
                 self.out.quiesced += d.metrics().quiesced;
                 self.out.malformed_dropped +=
@@ -397,9 +429,9 @@ impl World {
                 for g in 1..=self.p.groups {
                     if !self.live_done.contains(&g) {
                         self.proposals += 1;
-                        let payload = Bytes::from(format!("live:g{g}:{}", self.proposals));
+                        let payload = self.payload(format!("live:g{g}:{}", self.proposals));
                         if self.propose(g, payload.clone()) {
-                            self.live_payloads.insert(payload);
+                            self.live_payloads.insert(proposal_key(&payload));
                         }
                     }
                 }
@@ -436,10 +468,20 @@ impl World {
             } else {
                 GroupInit::Join
             };
-            if let Err(e) = d.add_group(g, n.disk.store(g), init) {
-                failure = Some(format!(
-                    "node {id} could not reopen group {g} after a crash: {e} (durable state lost)"
-                ));
+            match n.disk.store(g) {
+                Ok(store) => {
+                    if let Err(e) = d.add_group(g, store, init) {
+                        failure = Some(format!(
+                            "node {id} could not reopen group {g} after a crash: {e} (durable \
+                             state lost)"
+                        ));
+                    }
+                }
+                Err(e) => {
+                    failure = Some(format!(
+                        "node {id} could not open the store of group {g} after a crash: {e}"
+                    ));
+                }
             }
         }
         let restarted = n.incarnation > 0;
@@ -482,25 +524,37 @@ impl World {
     fn with_driver(&mut self, id: NodeId, f: impl FnOnce(&mut SimDriver)) {
         let now = self.now;
         let idx = (id - 1) as usize;
-        let events;
-        let statuses: Vec<_>;
         {
             let n = &mut self.nodes[idx];
             n.clock.set(now * n.ppm / 1_000_000);
             let Some(d) = n.driver.as_mut() else { return };
             f(d);
-            d.process();
-            events = d.take_events();
-            statuses = d.group_ids().filter_map(|g| d.status(g)).collect();
         }
-        // Envelopes: check what the sender claims against its durable state, then transmit.
-        for s in self.net.take_sent() {
-            if let Ok(msgs) = wire::inspect(&s.bytes) {
-                let disk = self.nodes[(s.from - 1) as usize].disk.clone();
-                self.checker.on_sent(s.from, &msgs, &disk);
+        // Process; segment stores: run their pumps, whose completed work releases more
+        // (bounded). Envelopes are checked against the sender's durable state as they are
+        // sent, before the pumps go on.
+        let mut rounds = 0;
+        loop {
+            if let Some(d) = self.nodes[idx].driver.as_mut() {
+                d.process();
             }
-            self.transmit(s.from, s.to, s.bytes);
+            self.ship_sent();
+            if !self.nodes[idx].disk.poll() {
+                break;
+            }
+            rounds += 1;
+            if rounds > 1000 {
+                self.checker
+                    .violation
+                    .get_or_insert(format!("node {id}: store pumps never settle"));
+                break;
+            }
         }
+        let Some(d) = self.nodes[idx].driver.as_mut() else {
+            return;
+        };
+        let events = d.take_events();
+        let statuses: Vec<_> = d.group_ids().filter_map(|g| d.status(g)).collect();
         // Syncs: complete in order after a random latency.
         let disk = self.nodes[idx].disk.clone();
         let incarnation = self.nodes[idx].incarnation;
@@ -525,7 +579,9 @@ impl World {
                 Event::Committed { group, entries } => {
                     self.checker.on_committed(id, group, &entries, term_of(group));
                     if self.phase == Phase::Liveness
-                        && entries.iter().any(|e| self.live_payloads.contains(&e.payload))
+                        && entries
+                            .iter()
+                            .any(|e| self.live_payloads.contains(&proposal_key(&e.payload)))
                     {
                         self.live_done.insert(group);
                     }
@@ -533,7 +589,8 @@ impl World {
                 Event::SnapshotInstalled { group, meta } => {
                     self.out.snapshots += 1;
                     self.note(|| format!("n{id} g{group} installs snapshot at {}", meta.index));
-                    self.checker.on_snapshot(id, group, term_of(group), &disk);
+                    self.checker
+                        .on_snapshot(id, group, term_of(group), disk.view());
                 }
                 Event::GroupFailed { group, error } => {
                     self.checker.violation.get_or_insert(format!(
@@ -559,7 +616,28 @@ impl World {
             }
         }
         for s in &statuses {
-            self.checker.check_replica(id, s, &disk);
+            self.checker.check_replica(id, s, disk.view());
+        }
+    }
+
+    /// A proposal's payload: the text itself, or in segment mode a Kafka batch carrying it.
+    fn payload(&self, text: String) -> Bytes {
+        if self.p.segment {
+            data_batch(&[text.as_bytes()], 1_700_000_000_000)
+        } else {
+            Bytes::from(text)
+        }
+    }
+
+    /// Envelopes sent since the last call: check what the sender claims against its durable
+    /// state, then transmit.
+    fn ship_sent(&mut self) {
+        for s in self.net.take_sent() {
+            if let Ok(msgs) = wire::inspect(&s.bytes) {
+                let disk = self.nodes[(s.from - 1) as usize].disk.clone();
+                self.checker.on_sent(s.from, &msgs, disk.view());
+            }
+            self.transmit(s.from, s.to, s.bytes);
         }
     }
 
@@ -624,7 +702,7 @@ impl World {
         if !self.quiet && self.rng.chance(p.propose_pm) {
             let g = self.rng.range(1, p.groups);
             self.proposals += 1;
-            let payload = Bytes::from(format!("g{g}:{}", self.proposals));
+            let payload = self.payload(format!("g{g}:{}", self.proposals));
             self.propose(g, payload);
         }
         if self.rng.chance(p.crash_pm) {
