@@ -204,7 +204,32 @@ fn ms(hist: &Histogram<u64>, q: f64) -> f64 {
     hist.value_at_quantile(q) as f64 / 1000.0
 }
 
-pub fn run(args: &ProbeArgs) -> Result<()> {
+/// The machine's limits, as measured by [`measure`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub dir: PathBuf,
+    pub seq_write_mib_s: f64,
+    pub seq_read_mib_s: f64,
+    pub write_fdatasync_ops_s: f64,
+    pub write_fdatasync_p50_ms: f64,
+    pub write_fdatasync_p99_ms: f64,
+    pub write_fdatasync_p999_ms: f64,
+    pub write_fdatasync_max_ms: f64,
+    pub loopback_tcp_mib_s: f64,
+}
+
+impl ProbeArgs {
+    pub fn new(dir: PathBuf, size_mib: usize, sync_ops: usize, tcp_mib: usize) -> ProbeArgs {
+        ProbeArgs {
+            dir,
+            size_mib,
+            sync_ops,
+            tcp_mib,
+        }
+    }
+}
+
+pub fn measure(args: &ProbeArgs) -> Result<Limits> {
     std::fs::create_dir_all(&args.dir)?;
     let path = args.dir.join(".spate-probe");
     let total = (args.size_mib << 20) / SEQ_IO_BYTES * SEQ_IO_BYTES;
@@ -228,33 +253,42 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     eprintln!("probe: loopback TCP {} MiB…", args.tcp_mib);
     let tcp_mib_s = loopback_tcp(args.tcp_mib << 20)?;
+    Ok(Limits {
+        dir: args.dir.clone(),
+        seq_write_mib_s: write_mib_s,
+        seq_read_mib_s: read_mib_s,
+        write_fdatasync_ops_s: sync_ops_s,
+        write_fdatasync_p50_ms: ms(&hist, 0.5),
+        write_fdatasync_p99_ms: ms(&hist, 0.99),
+        write_fdatasync_p999_ms: ms(&hist, 0.999),
+        write_fdatasync_max_ms: hist.max() as f64 / 1000.0,
+        loopback_tcp_mib_s: tcp_mib_s,
+    })
+}
 
-    println!("| limit | value |\n|---|---|");
-    println!(
-        "| O_DIRECT sequential write (128 KiB × QD{SEQ_QUEUE_DEPTH}) | {write_mib_s:.0} MiB/s |"
-    );
-    println!(
-        "| O_DIRECT sequential read (128 KiB × QD{SEQ_QUEUE_DEPTH}) | {read_mib_s:.0} MiB/s |"
-    );
-    println!(
-        "| 4 KiB write + fdatasync | {sync_ops_s:.0} ops/s; p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms |",
-        ms(&hist, 0.5),
-        ms(&hist, 0.99),
-        ms(&hist, 0.999),
-        hist.max() as f64 / 1000.0
-    );
-    println!("| loopback TCP, one stream | {tcp_mib_s:.0} MiB/s |");
-    let summary = serde_json::json!({
-        "dir": args.dir,
-        "seq_write_mib_s": write_mib_s,
-        "seq_read_mib_s": read_mib_s,
-        "write_fdatasync_ops_s": sync_ops_s,
-        "write_fdatasync_p50_ms": ms(&hist, 0.5),
-        "write_fdatasync_p99_ms": ms(&hist, 0.99),
-        "write_fdatasync_p999_ms": ms(&hist, 0.999),
-        "loopback_tcp_mib_s": tcp_mib_s,
-    });
-    println!("{summary}");
+/// The limits as a markdown table.
+pub fn table(l: &Limits) -> String {
+    format!(
+        "| limit | value |\n|---|---|\n\
+         | O_DIRECT sequential write (128 KiB × QD{SEQ_QUEUE_DEPTH}) | {:.0} MiB/s |\n\
+         | O_DIRECT sequential read (128 KiB × QD{SEQ_QUEUE_DEPTH}) | {:.0} MiB/s |\n\
+         | 4 KiB write + fdatasync | {:.0} ops/s; p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms |\n\
+         | loopback TCP, one stream | {:.0} MiB/s |\n",
+        l.seq_write_mib_s,
+        l.seq_read_mib_s,
+        l.write_fdatasync_ops_s,
+        l.write_fdatasync_p50_ms,
+        l.write_fdatasync_p99_ms,
+        l.write_fdatasync_p999_ms,
+        l.write_fdatasync_max_ms,
+        l.loopback_tcp_mib_s
+    )
+}
+
+pub fn run(args: &ProbeArgs) -> Result<()> {
+    let l = measure(args)?;
+    print!("{}", table(&l));
+    println!("{}", serde_json::to_string(&l)?);
     Ok(())
 }
 
