@@ -56,6 +56,9 @@ pub struct Args {
         value_name = "MS"
     )]
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// How often retention runs (Kafka's log.retention.check.interval.ms; default 300000).
+    #[arg(long, env = "SPATE_LOG_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
 }
 
 /// The config file. Field names are the TOML keys.
@@ -83,6 +86,8 @@ pub struct FileConfig {
     pub offsets_topic_num_partitions: Option<i32>,
     pub offsets_retention_minutes: Option<u64>,
     pub offset_metadata_max_bytes: Option<usize>,
+    pub batch_cache_bytes: Option<u64>,
+    pub log_retention_check_interval_ms: Option<u64>,
 }
 
 /// The resolved configuration of one node.
@@ -106,6 +111,10 @@ pub struct Config {
     pub default_partitions: i32,
     pub default_replication_factor: i16,
     pub groups: GroupConfig,
+    /// Per-shard batch cache budget (0: no cache).
+    pub batch_cache_bytes: u64,
+    /// How often a shard applies retention and segment.ms rolls.
+    pub log_retention_check_interval: Duration,
 }
 
 /// The group coordinator's settings (Kafka's `group.*` and `offsets.*` broker configs).
@@ -310,8 +319,24 @@ impl Config {
                 groups.max_session_timeout_ms
             );
         }
+        let batch_cache_bytes = range_check(
+            "batch_cache_bytes",
+            file.batch_cache_bytes.unwrap_or(64 << 20),
+            0,
+            64 << 30,
+        )?;
+        let retention_check_ms = range_check(
+            "log_retention_check_interval_ms",
+            args.log_retention_check_interval_ms
+                .or(file.log_retention_check_interval_ms)
+                .unwrap_or(300_000),
+            100,
+            24 * 3_600_000,
+        )?;
         Ok(Config {
             groups,
+            batch_cache_bytes,
+            log_retention_check_interval: Duration::from_millis(retention_check_ms),
             data_dir,
             kafka_addr,
             advertised_kafka_addr,

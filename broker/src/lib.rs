@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod producer_state;
+pub mod retention;
 pub mod rt;
 pub mod shard;
 pub mod view;

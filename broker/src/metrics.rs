@@ -31,6 +31,11 @@ struct Families {
     mesh_pending: IntGaugeVec,
     fetch_sessions: IntGaugeVec,
     consumer_groups: IntGaugeVec,
+    retention_segments: IntCounterVec,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    cache_resident: IntGaugeVec,
+    disk_full: IntGaugeVec,
 }
 
 fn families() -> &'static Families {
@@ -136,6 +141,36 @@ fn families() -> &'static Families {
                 &["shard"]
             )
             .expect("metric registers once"),
+            retention_segments: register_int_counter_vec!(
+                "spate_retention_deleted_segments_total",
+                "Segments deleted by retention (retention.ms / retention.bytes)",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            cache_hits: register_int_counter_vec!(
+                "spate_batch_cache_hits_total",
+                "Reads served from the shard's batch cache",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            cache_misses: register_int_counter_vec!(
+                "spate_batch_cache_misses_total",
+                "Reads that went to the disk",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            cache_resident: register_int_gauge_vec!(
+                "spate_batch_cache_bytes",
+                "Bytes held in the shard's batch cache",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            disk_full: register_int_gauge_vec!(
+                "spate_partitions_disk_full",
+                "Partitions whose appends are refused because the disk is full",
+                &["shard"]
+            )
+            .expect("metric registers once"),
         }
     })
 }
@@ -153,6 +188,11 @@ pub struct ShardMetrics {
     pub mesh_pending: IntGauge,
     pub fetch_sessions: IntGauge,
     pub consumer_groups: IntGauge,
+    pub retention_segments: IntCounter,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_resident: IntGauge,
+    pub disk_full: IntGauge,
 }
 
 /// One partition's series (labels `topic`, `partition`); removed when the partition goes.
@@ -215,6 +255,11 @@ impl ShardMetrics {
             mesh_pending: f.mesh_pending.with_label_values(&[&s]),
             fetch_sessions: f.fetch_sessions.with_label_values(&[&s]),
             consumer_groups: f.consumer_groups.with_label_values(&[&s]),
+            retention_segments: f.retention_segments.with_label_values(&[&s]),
+            cache_hits: f.cache_hits.with_label_values(&[&s]),
+            cache_misses: f.cache_misses.with_label_values(&[&s]),
+            cache_resident: f.cache_resident.with_label_values(&[&s]),
+            disk_full: f.disk_full.with_label_values(&[&s]),
         }
     }
 

@@ -231,6 +231,7 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
     crate::groups::start_ticker(shard.clone());
     crate::view::start_publisher(shard.clone(), boot.view.clone());
     crate::view::start_lag_probe(shard.clone());
+    crate::retention::start(shard.clone());
 
     let listener = TcpListener::bind(config.kafka_addr).map_err(|e| {
         anyhow::anyhow!(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use spate_storage::log::batch::{BatchHeader, RecordBatch};
+use spate_storage::log::cache::BatchCache;
 use spate_storage::log::file::DmaDir;
 use spate_storage::log::{DurableWaiter, LogConfig, LogError, PartitionLog};
 use tracing::{error, info, warn};
@@ -41,6 +42,8 @@ pub struct Partition {
     log: RefCell<PartitionLog<DmaDir>>,
     dir: DmaDir,
     flushing: Cell<bool>,
+    /// A disk-full flush retry is going on (logged once).
+    disk_full_logged: Cell<bool>,
     fsync_seconds: prometheus::Histogram,
     producers: RefCell<ProducerStates>,
     /// Fetches parked until the high watermark moves.
@@ -51,6 +54,11 @@ pub struct Partition {
 impl Partition {
     pub fn log_start_offset(&self) -> i64 {
         self.log.borrow().log_start_offset() as i64
+    }
+
+    /// Whether appends are refused because the disk is full (a flush retry is pending).
+    pub fn disk_full(&self) -> bool {
+        self.log.borrow().disk_full().is_some()
     }
 
     pub fn log_end_offset(&self) -> i64 {
@@ -180,6 +188,14 @@ impl Partition {
                     ResponseError::KafkaStorageError
                 })?;
             info!(topic = %self.topic, partition = self.key.1, log_start = start, "records deleted");
+            // Whole segments now below the start go (their files, outside the log's borrow).
+            let deletion = self.log.borrow_mut().detach_below_start();
+            if let Some(d) = deletion {
+                if let Err(e) = d.run().await {
+                    warn!(topic = %self.topic, partition = self.key.1, error = %e,
+                        "removing segments below the log start");
+                }
+            }
         }
         Ok(start)
     }
@@ -227,35 +243,32 @@ impl Partition {
     }
 
     /// Kafka's ListOffsets by time: the first offset whose record timestamp is at least `ts`,
-    /// with that timestamp; `None` when no record is that recent.
+    /// with that timestamp; `None` when no record below the high watermark is that recent.
     ///
-    /// Scans batch headers from the log start (no time index yet: cost grows with the log)
-    /// and decodes only the one batch that holds the answer.
+    /// The log's time index picks the batch (segments by their max timestamp, then about one
+    /// index interval of headers); only that batch is decoded.
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, String> {
         let hw = self.high_watermark().max(0) as u64;
-        let found = self
-            .scan_batches(hw, |h, mut batch| {
-                if h.max_timestamp < ts {
-                    return ControlFlow::Continue(());
-                }
-                if h.attributes & 0x08 != 0 {
-                    // LogAppendTime: every record carries the batch's max timestamp.
-                    return ControlFlow::Break(Ok((h.base_offset, h.max_timestamp)));
-                }
-                match kafka_protocol::records::RecordBatchDecoder::decode(&mut batch) {
-                    Ok(set) => match set.records.iter().find(|r| r.timestamp >= ts) {
-                        Some(r) => ControlFlow::Break(Ok((r.offset, r.timestamp))),
-                        None => ControlFlow::Continue(()),
-                    },
-                    Err(e) => ControlFlow::Break(Err(format!(
-                        "decoding batch at offset {}: {e}",
-                        h.base_offset
-                    ))),
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        found.transpose()
+        let plan = self.log.borrow().plan_find_timestamp(ts, hw);
+        let found = plan.run().await.map_err(|e| e.to_string())?;
+        let Some(read) = found else {
+            return Ok(None);
+        };
+        let Ok(h) = BatchHeader::decode(&read.bytes) else {
+            return Err(format!("undecodable batch at offset {}", read.base_offset));
+        };
+        if h.attributes & 0x08 != 0 {
+            // LogAppendTime: every record carries the batch's max timestamp.
+            return Ok(Some((h.base_offset, h.max_timestamp)));
+        }
+        let mut batch = read.bytes.slice(..h.total_len().min(read.bytes.len()));
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch)
+            .map_err(|e| format!("decoding batch at offset {}: {e}", h.base_offset))?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= ts)
+            .map(|r| (r.offset, r.timestamp)))
     }
 
     /// Rebuilds the idempotent-producer state from the batch headers in the log.
@@ -281,6 +294,39 @@ impl Partition {
         Ok(())
     }
 
+    /// One retention pass (see `crate::retention`): rolls the active segment by
+    /// `segment.ms`, then deletes whole closed segments past `retention_ms` / `retention_bytes`
+    /// (the files go outside the log's borrow, so appends continue). Returns the segments
+    /// deleted by time and by size.
+    pub async fn apply_retention(
+        self: &Rc<Self>,
+        now_ms: i64,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> (usize, usize) {
+        let expired =
+            retention_ms.is_some_and(|ms| self.log.borrow_mut().roll_if_expired(now_ms, ms));
+        if expired || self.log.borrow_mut().roll_if_due(now_ms) {
+            // The flush creates the new segment's file and writes the rolled one's index.
+            self.schedule_flush();
+        }
+        let out = self
+            .log
+            .borrow_mut()
+            .apply_retention(now_ms, retention_ms, retention_bytes);
+        if let Some(d) = out.deletion {
+            if let Err(e) = d.run().await {
+                warn!(topic = %self.topic, partition = self.key.1, error = %e,
+                    "removing segments past retention");
+            }
+        }
+        // Space may be back for a partition whose flush waits on a full disk.
+        if self.log.borrow().disk_full().is_some() {
+            self.schedule_flush();
+        }
+        (out.by_time, out.by_size)
+    }
+
     /// Starts the partition's flush loop unless it runs: each round takes everything appended
     /// so far into one write and one fdatasync (group commit).
     fn schedule_flush(self: &Rc<Self>) {
@@ -299,13 +345,28 @@ impl Partition {
                     }
                 };
                 let written = job.write().await;
-                let written = match p.log.borrow_mut().finish_write(written) {
+                // Bound first: the log must not stay borrowed across the retry's sleep.
+                let finished = p.log.borrow_mut().finish_write(written);
+                let written = match finished {
                     Ok(w) => w,
+                    Err(e) if e.is_disk_full() => {
+                        // Nothing is lost: the bytes went back into the appender. Appends are
+                        // refused meanwhile; retry until space is freed.
+                        if !p.disk_full_logged.replace(true) {
+                            warn!(topic = %p.topic, partition = p.key.1, error = %e,
+                                "disk full: appends refused, retrying the flush every second");
+                        }
+                        glommio::timer::sleep(spate_storage::log::DISK_FULL_RETRY).await;
+                        continue;
+                    }
                     Err(e) => {
                         error!(topic = %p.topic, partition = p.key.1, error = %e, "write failed");
                         break;
                     }
                 };
+                if p.disk_full_logged.replace(false) {
+                    info!(topic = %p.topic, partition = p.key.1, "disk space back: flushing again");
+                }
                 let started = std::time::Instant::now();
                 let synced = written.sync().await;
                 p.fsync_seconds.observe(started.elapsed().as_secs_f64());
@@ -372,10 +433,16 @@ impl Partition {
 /// The partitions of one shard.
 pub struct PartitionManager {
     shard: usize,
+    node_id: i32,
     root: PathBuf,
     sentinel: PathBuf,
+    /// The partitions directory, opened once per shard: partition directories are its
+    /// siblings and share its DMA buffer handle (one descriptor per shard, not per partition).
+    root_dir: RefCell<Option<DmaDir>>,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     fsync_seconds: prometheus::Histogram,
+    /// The shard's batch cache (`None` when `batch_cache_bytes` is 0).
+    pub cache: Option<BatchCache>,
 }
 
 /// Where partition `key`'s segments live.
@@ -386,17 +453,35 @@ pub fn partition_dir(root: &Path, key: &PartitionKey) -> PathBuf {
 impl PartitionManager {
     pub fn new(
         shard: usize,
-        data_dir: &Path,
+        config: &crate::config::Config,
         sentinel: PathBuf,
         fsync_seconds: prometheus::Histogram,
     ) -> Self {
         PartitionManager {
             fsync_seconds,
             shard,
-            root: data_dir.join("partitions"),
+            node_id: config.node_id,
+            root: config.data_dir.join("partitions"),
             sentinel,
+            root_dir: RefCell::new(None),
             partitions: RefCell::new(HashMap::new()),
+            cache: (config.batch_cache_bytes > 0)
+                .then(|| BatchCache::new(config.batch_cache_bytes)),
         }
+    }
+
+    /// A partition directory, a sibling of the shard's partitions directory.
+    async fn partition_dir_handle(&self, path: &Path) -> std::io::Result<DmaDir> {
+        let root = self.root_dir.borrow().clone();
+        let root = match root {
+            Some(r) => r,
+            None => {
+                let r = DmaDir::open(&self.root, &self.sentinel).await?;
+                *self.root_dir.borrow_mut() = Some(r.clone());
+                r
+            }
+        };
+        root.sibling(path).await
     }
 
     pub fn get(&self, key: &PartitionKey) -> Option<Rc<Partition>> {
@@ -457,7 +542,23 @@ impl PartitionManager {
             .filter(|(k, _)| !self.partitions.borrow().contains_key(k))
             .collect();
         for (key, topic) in missing {
-            match self.open(key, &topic).await {
+            let (segment_bytes, segment_ms) = image
+                .topics
+                .get(&topic)
+                .map(|t| {
+                    let get = |name| {
+                        crate::metadata::configs::topic_config(name)
+                            .map(|def| {
+                                image
+                                    .effective_topic_config(def, &t.configs, self.node_id)
+                                    .0
+                            })
+                            .and_then(|v| v.parse::<i64>().ok())
+                    };
+                    (get("segment.bytes"), get("segment.ms"))
+                })
+                .unwrap_or((None, None));
+            match self.open(key, &topic, segment_bytes, segment_ms).await {
                 Ok(p) => {
                     self.partitions.borrow_mut().insert(key, p);
                 }
@@ -466,20 +567,38 @@ impl PartitionManager {
         }
     }
 
-    async fn open(&self, key: PartitionKey, topic: &str) -> Result<Rc<Partition>, String> {
+    async fn open(
+        &self,
+        key: PartitionKey,
+        topic: &str,
+        segment_bytes: Option<i64>,
+        segment_ms: Option<i64>,
+    ) -> Result<Rc<Partition>, String> {
         let path = partition_dir(&self.root, &key);
-        let dir = DmaDir::open(&path, &self.sentinel)
+        let dir = self
+            .partition_dir_handle(&path)
             .await
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        let defaults = LogConfig::default();
         let config = LogConfig {
             // Batches up to the frame limit are accepted here; the topic's max.message.bytes
             // is checked by the produce handler.
             max_batch_bytes: crate::limits::REQUEST_FRAME_BYTES_MAX,
-            ..LogConfig::default()
+            // The topic's segment.bytes / segment.ms as of opening (a change applies when the
+            // partition is next opened).
+            segment_bytes: segment_bytes
+                .filter(|b| *b > 0)
+                .map(|b| (b as u64).min(u32::MAX as u64))
+                .unwrap_or(defaults.segment_bytes),
+            segment_ms: segment_ms.filter(|ms| *ms > 0).map(|ms| ms as u64),
+            ..defaults
         };
         let (mut log, report) = PartitionLog::open(dir.clone(), config)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(cache) = &self.cache {
+            log.attach_cache(cache);
+        }
         if let Some(t) = &report.truncated {
             warn!(%topic, partition = key.1, truncation = ?t, "recovery truncated a corrupt or torn tail");
         }
@@ -510,6 +629,7 @@ impl PartitionManager {
             log: RefCell::new(log),
             dir,
             flushing: Cell::new(false),
+            disk_full_logged: Cell::new(false),
             fsync_seconds: self.fsync_seconds.clone(),
             producers: RefCell::new(ProducerStates::default()),
             hw_waiters: spate_net::wakers::WakerSet::new(),

@@ -160,6 +160,22 @@ fn publish(shard: &Shard, view: &NodeView) {
     m.fetch_sessions.set(sessions as i64);
     m.consumer_groups.set(groups as i64);
     m.mesh_pending.set(pending as i64);
+    if let Some(cache) = &shard.partitions.cache {
+        let st = cache.stats();
+        m.cache_hits
+            .inc_by(st.hits.saturating_sub(m.cache_hits.get()));
+        m.cache_misses
+            .inc_by(st.misses.saturating_sub(m.cache_misses.get()));
+        m.cache_resident.set(st.resident_bytes as i64);
+    }
+    m.disk_full.set(
+        shard
+            .partitions
+            .all()
+            .iter()
+            .filter(|p| p.disk_full())
+            .count() as i64,
+    );
     let s = ShardView {
         shard: shard.id,
         partitions: parts.len(),

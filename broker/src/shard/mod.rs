@@ -140,7 +140,7 @@ impl Shard {
         Shard {
             partitions: PartitionManager::new(
                 mesh.shard_id(),
-                &config.data_dir,
+                &config,
                 sentinel,
                 metrics.fsync_seconds.clone(),
             ),

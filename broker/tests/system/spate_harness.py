@@ -178,9 +178,12 @@ class Broker:
     """One broker process (spated or a reference Kafka) with its data dir and log file."""
 
     def __init__(self, name: str = "broker", target: str = TARGET, smp: int = 2,
-                 advertised_port: int | None = None):
+                 advertised_port: int | None = None, retention_check_ms: int | None = None):
         self.target = target
         self.name = name
+        # How often retention runs (spated's --log-retention-check-interval-ms, Kafka's
+        # log.retention.check.interval.ms); None: each broker's default (5 minutes).
+        self.retention_check_ms = retention_check_ms
         if target == "spate" and not SPATE_BIN.exists():
             raise BrokerError(f"spated binary not found at {SPATE_BIN} "
                               "(cargo build -p spate-broker --bin spated, or set SPATE_BIN)")
@@ -315,7 +318,8 @@ class Broker:
                 "--node-id", "0",
                 # As the Kafka target's group.initial.rebalance.delay.ms below.
                 "--group-initial-rebalance-delay-ms", "0",
-            ]
+            ] + ([] if self.retention_check_ms is None else
+                 ["--log-retention-check-interval-ms", str(self.retention_check_ms)])
         return java_command(TOOL_MAIN_CLASSES["kafka-server"], str(self.work_dir / "server.properties"),
                             heap="768m", log_level="INFO", server=True)
 
@@ -343,6 +347,8 @@ class Broker:
             "num.network.threads": "2",
             "num.io.threads": "4",
         }
+        if self.retention_check_ms is not None:
+            props["log.retention.check.interval.ms"] = str(self.retention_check_ms)
         text = "".join(f"{k}={v}\n" for k, v in props.items())
         (self.work_dir / "server.properties").write_text(text)
         cluster_id = "-"

@@ -110,6 +110,12 @@ def test_metrics_are_prometheus_text_and_move_with_traffic(broker):
     while total(scrape(broker), "spate_partition_high_watermark", topic=topic, partition="0") != 100:
         assert time.time() < deadline, "high watermark gauge never reached 100"
         time.sleep(0.2)
+    # The consumer read just-produced batches: served from the shard's batch cache.
+    deadline = time.time() + 5
+    while total(scrape(broker), "spate_batch_cache_hits_total") == 0:
+        assert time.time() < deadline, "no batch cache hit counted"
+        time.sleep(0.2)
+    assert any(n == "spate_batch_cache_bytes" for n, _ in scrape(broker))
 
 
 def test_cluster_shards_and_partitions_views(broker):

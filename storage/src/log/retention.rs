@@ -123,6 +123,29 @@ impl<D: SegmentDir> PartitionLog<D> {
         true
     }
 
+    /// Rolls the active segment when every record in it is past `retention_ms` (its largest
+    /// timestamp is older than `now_ms - retention_ms`), so that the next retention step can
+    /// delete it: Kafka does the same, so expired data does not outlive its retention just
+    /// because its segment is still the active one. Returns whether it rolled (then schedule a
+    /// flush, as for [`Self::roll_if_due`]).
+    pub fn roll_if_expired(&mut self, now_ms: i64, retention_ms: u64) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        let Some(seg) = self.segments.values().next_back() else {
+            return false;
+        };
+        if seg.is_empty() || seg.max_timestamp < 0 {
+            return false;
+        }
+        if now_ms.saturating_sub(seg.max_timestamp) <= retention_ms as i64 {
+            return false;
+        }
+        let term = seg.term;
+        self.roll(term);
+        true
+    }
+
     /// Index of the segments (in offset order) that may be detached, oldest first: the
     /// longest prefix of closed, durable segments whose successor has a file.
     fn deletable_prefix(&self) -> usize {
