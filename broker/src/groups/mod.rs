@@ -159,6 +159,12 @@ pub struct Coordinator {
     load_lock: Semaphore,
     /// Orders offset writes: a later write's value always wins.
     seq: Cell<u64>,
+    /// Records written to (or replayed from) each offsets partition since its last
+    /// compaction.
+    written: RefCell<HashMap<PartitionKey, u64>>,
+    /// A compaction is running (one at a time per shard).
+    compacting: Cell<bool>,
+    last_compact_check: Cell<Instant>,
     last_expiry: Cell<Instant>,
 }
 
@@ -174,6 +180,9 @@ impl Coordinator {
             loaded: RefCell::new(HashSet::new()),
             load_lock: Semaphore::new(1),
             seq: Cell::new(0),
+            written: RefCell::new(HashMap::new()),
+            compacting: Cell::new(false),
+            last_compact_check: Cell::new(Instant::now()),
             last_expiry: Cell::new(Instant::now()),
         }
     }
@@ -199,6 +208,17 @@ impl Coordinator {
         key: PartitionKey,
         records: Vec<(Bytes, Option<Bytes>)>,
     ) -> Result<DurableWaiter, ResponseError> {
+        Self::write_at(shard, key, records).map(|(_, w)| w)
+    }
+
+    /// [`Self::write`] that also returns the batch's base offset; counts the records for
+    /// [`Self::compact_if_due`].
+    fn write_at(
+        shard: &Shard,
+        key: PartitionKey,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<(i64, DurableWaiter), ResponseError> {
+        *shard.groups.written.borrow_mut().entry(key).or_default() += records.len() as u64;
         let p = shard
             .partitions
             .get(&key)
@@ -243,7 +263,7 @@ impl Coordinator {
             warn!(error = %e, "offsets batch failed validation");
             ResponseError::UnknownServerError
         })?;
-        let (_, waiter) = p.append(&batch).map_err(|(e, why)| {
+        let (base, waiter) = p.append(&batch).map_err(|(e, why)| {
             warn!(error = %why, "appending to {OFFSETS_TOPIC}");
             if e == ResponseError::KafkaStorageError {
                 ResponseError::CoordinatorNotAvailable
@@ -251,7 +271,7 @@ impl Coordinator {
                 e
             }
         })?;
-        Ok(waiter)
+        Ok((base, waiter))
     }
 
     fn group_record(g: &Group) -> (Bytes, Option<Bytes>) {
@@ -371,6 +391,7 @@ impl Coordinator {
             loaded += 1;
         }
         self.loaded.borrow_mut().insert(key);
+        self.written.borrow_mut().insert(key, n as u64);
         if n == 0 {
             return Ok(());
         }
@@ -1041,6 +1062,125 @@ impl Coordinator {
     }
 }
 
+/// An offsets partition is rewritten once it holds this many records since its last
+/// compaction and at least twice as many as are live.
+const COMPACT_MIN_RECORDS: u64 = 10_000;
+/// How often partitions are checked for compaction.
+const COMPACT_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Records per batch of a compaction snapshot.
+const SNAPSHOT_BATCH_RECORDS: usize = 500;
+
+impl Coordinator {
+    /// Compacts `__consumer_offsets` partitions by snapshot: the coordinator holds the live
+    /// value of every key of a loaded partition (each group's metadata and committed
+    /// offsets), so it appends them as fresh records and, once they are durable, moves the
+    /// log start to the first of them (DeleteRecords' path: whole older segments are deleted).
+    /// Everything below is superseded — like Kafka's log cleaner, only the latest value per
+    /// key survives and deleted groups leave nothing behind; unlike it, the survivors get new
+    /// offsets (no client reads this topic by offset). Generic log compaction
+    /// (`cleanup.policy=compact` for user topics) is not implemented.
+    async fn compact_if_due(&self, shard: &Shard) {
+        if self.compacting.get() || self.last_compact_check.get().elapsed() < COMPACT_CHECK_EVERY {
+            return;
+        }
+        self.last_compact_check.set(Instant::now());
+        let due: Vec<PartitionKey> = {
+            let groups = self.groups.borrow();
+            let written = self.written.borrow();
+            self.loaded
+                .borrow()
+                .iter()
+                .filter(|key| {
+                    let n = written.get(key).copied().unwrap_or(0);
+                    let live: u64 = groups
+                        .values()
+                        .filter(|g| coordinator_of(shard, &g.id).is_some_and(|(_, k)| k == **key))
+                        .map(|g| 1 + g.offsets.len() as u64)
+                        .sum();
+                    n >= COMPACT_MIN_RECORDS && n >= 2 * live
+                })
+                .copied()
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        self.compacting.set(true);
+        for key in due {
+            if let Err(e) = self.compact(shard, key).await {
+                warn!(partition = key.1, error = ?e, "compacting {OFFSETS_TOPIC}");
+            }
+        }
+        self.compacting.set(false);
+    }
+
+    async fn compact(&self, shard: &Shard, key: PartitionKey) -> Result<(), ResponseError> {
+        // The live state, captured and appended without an await in between, so every later
+        // write lands after it.
+        let (first, waiters, live) = {
+            let groups = self.groups.borrow();
+            let mut records = Vec::new();
+            for g in groups.values() {
+                if coordinator_of(shard, &g.id).map(|(_, k)| k) != Some(key) {
+                    continue;
+                }
+                if g.state != State::Empty || g.generation > 0 || g.protocol_type.is_some() {
+                    records.push(Self::group_record(g));
+                }
+                for ((t, p), c) in &g.offsets {
+                    let k = RecordKey::Offset {
+                        group: g.id.clone(),
+                        topic: t.clone(),
+                        partition: *p,
+                    };
+                    let v = OffsetValue {
+                        offset: c.offset,
+                        leader_epoch: c.leader_epoch,
+                        metadata: c.metadata.clone(),
+                        commit_timestamp: c.commit_timestamp,
+                    };
+                    records.push((k.encode(), Some(v.encode())));
+                }
+            }
+            let live = records.len();
+            let mut first = None;
+            let mut waiters = Vec::new();
+            let mut it = records.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<_> = it.by_ref().take(SNAPSHOT_BATCH_RECORDS).collect();
+                let (base, w) = Self::write_at(shard, key, chunk)?;
+                first.get_or_insert(base);
+                waiters.push(w);
+            }
+            (first, waiters, live)
+        };
+        for w in waiters {
+            w.await
+                .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        }
+        let p = shard
+            .partitions
+            .get(&key)
+            .ok_or(ResponseError::NotCoordinator)?;
+        // No live key at all: everything so far is superseded.
+        let start = match first {
+            Some(f) => f,
+            None => p.high_watermark(),
+        };
+        let before = p.log_start_offset();
+        p.delete_records(start).await?;
+        self.written.borrow_mut().insert(key, live as u64);
+        info!(
+            partition = key.1,
+            live_records = live,
+            log_start_before = before,
+            log_start = start,
+            "compacted {OFFSETS_TOPIC}"
+        );
+        Ok(())
+    }
+}
+
 /// Offsets of an empty group older than the retention (Kafka's KIP-211 rule: a consumer
 /// group's offsets expire `retention` after it became empty; a group without a protocol
 /// type — offsets committed by the admin client or a standalone consumer — by commit time).
@@ -1069,6 +1209,8 @@ pub fn start_ticker(shard: Rc<Shard>) {
         while !shard.shutdown.is_fired() {
             glommio::timer::sleep(TICK).await;
             shard.groups.tick(&shard);
+            let coordinator = shard.groups.clone();
+            coordinator.compact_if_due(&shard).await;
         }
     })
     .detach();
