@@ -119,9 +119,13 @@ fn on_tmpfs(dir: &Path) -> bool {
     }
 }
 
-pub fn run(config: Config) -> Result<()> {
+pub fn run(mut config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Absolute from here on: with a relative data dir (the default, ./data) every directory
+    // fsync of the partition logs failed with EBADF.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
     if on_tmpfs(&config.data_dir) {
         warn!(
             data_dir = %config.data_dir.display(),

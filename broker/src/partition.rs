@@ -28,6 +28,9 @@ use crate::producer_state::{last_seq, BatchSeq, ProducerStates, SeqCheck};
 /// Identifies a partition on the data path (topic ids survive renames and deletes+recreates).
 pub type PartitionKey = (Uuid, i32);
 
+/// How far a sequential read reads ahead into the batch cache (see `Partition::read_ahead`).
+pub const READAHEAD_BYTES: usize = 2 << 20;
+
 /// Term used until partitions run through Raft (the leader epoch stamped into batches).
 pub const SINGLE_NODE_TERM: u64 = 0;
 
@@ -44,6 +47,10 @@ pub struct Partition {
     flushing: Cell<bool>,
     /// A disk-full flush retry is going on (logged once).
     disk_full_logged: Cell<bool>,
+    /// The log has a batch cache, so reading ahead pays off.
+    cached: bool,
+    /// The region read ahead last, `[from, until)` (`until` is `u64::MAX` while it runs).
+    readahead: Cell<(u64, u64)>,
     fsync_seconds: prometheus::Histogram,
     producers: RefCell<ProducerStates>,
     /// Fetches parked until the high watermark moves.
@@ -394,8 +401,36 @@ impl Partition {
 
     /// Whole batches from `offset`, below the high watermark, up to `max_bytes` (but at least
     /// one batch when `min_one`).
+    /// Sequential readers (a consumer catching up on a backlog) would wait for one O_DIRECT
+    /// read per fetch: there is no page cache to read ahead for us. So once a reader enters
+    /// the region read ahead last (or on its first read), the next [`READAHEAD_BYTES`] after
+    /// it are read in the background into the shard's batch cache, where the next fetches
+    /// find them: one region ahead of the reader, one read-ahead in flight per partition.
+    /// `from` is where this read started, `next` where it ended.
+    fn read_ahead(self: &Rc<Self>, from: u64, next: u64, hw: i64) {
+        let (ahead_from, ahead_until) = self.readahead.get();
+        if !self.cached || ahead_until == u64::MAX || from < ahead_from {
+            return;
+        }
+        let start = next.max(ahead_until);
+        if start >= hw.max(0) as u64 {
+            return;
+        }
+        self.readahead.set((start, u64::MAX));
+        let p = self.clone();
+        glommio::spawn_local(async move {
+            let plan = p.log.borrow().plan_read(start, READAHEAD_BYTES);
+            let until = match plan {
+                Ok(plan) => plan.run().await.map(|r| r.next_offset).unwrap_or(start),
+                Err(_) => start,
+            };
+            p.readahead.set((start, until.max(start + 1)));
+        })
+        .detach();
+    }
+
     pub async fn read(
-        &self,
+        self: &Rc<Self>,
         offset: i64,
         max_bytes: usize,
         min_one: bool,
@@ -409,6 +444,7 @@ impl Partition {
             if min_one { max_bytes.max(1) } else { max_bytes },
         )?;
         let read = plan.run().await?;
+        self.read_ahead(offset as u64, read.next_offset, hw);
         // Cut at the high watermark and, unless the first batch alone is over the limit and
         // `min_one` allows it, at `max_bytes` — always at batch boundaries.
         let bytes = read.bytes;
@@ -630,6 +666,8 @@ impl PartitionManager {
             dir,
             flushing: Cell::new(false),
             disk_full_logged: Cell::new(false),
+            cached: self.cache.is_some(),
+            readahead: Cell::new((0, 0)),
             fsync_seconds: self.fsync_seconds.clone(),
             producers: RefCell::new(ProducerStates::default()),
             hw_waiters: spate_net::wakers::WakerSet::new(),

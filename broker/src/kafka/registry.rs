@@ -7,7 +7,7 @@ use kafka_protocol::protocol::VersionRange;
 pub static APIS: &[(ApiKey, i16, i16)] = &[
     // v0-v2 advertised but answered UNSUPPORTED_VERSION (KAFKA-18659; see handlers::produce).
     (ApiKey::Produce, 0, 13),
-    (ApiKey::Fetch, 4, 17),
+    (ApiKey::Fetch, 4, 18),
     (ApiKey::ListOffsets, 1, 10),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DeleteRecords, 0, 2),

@@ -178,12 +178,16 @@ class Broker:
     """One broker process (spated or a reference Kafka) with its data dir and log file."""
 
     def __init__(self, name: str = "broker", target: str = TARGET, smp: int = 2,
-                 advertised_port: int | None = None, retention_check_ms: int | None = None):
+                 advertised_port: int | None = None, retention_check_ms: int | None = None,
+                 relative_data_dir: bool = False):
         self.target = target
         self.name = name
         # How often retention runs (spated's --log-retention-check-interval-ms, Kafka's
         # log.retention.check.interval.ms); None: each broker's default (5 minutes).
         self.retention_check_ms = retention_check_ms
+        # spated only: pass the data dir relative to the broker's working directory (the
+        # README's quick start uses the default ./data).
+        self.relative_data_dir = relative_data_dir
         if target == "spate" and not SPATE_BIN.exists():
             raise BrokerError(f"spated binary not found at {SPATE_BIN} "
                               "(cargo build -p spate-broker --bin spated, or set SPATE_BIN)")
@@ -310,7 +314,7 @@ class Broker:
                                   "(cargo build -p spate-broker --bin spated, or set SPATE_BIN)")
             return [
                 str(SPATE_BIN),
-                "--data-dir", str(self.data_dir),
+                "--data-dir", "data" if self.relative_data_dir else str(self.data_dir),
                 "--kafka-addr", self.bootstrap,
                 "--advertised-kafka-addr", f"{HOST}:{self.advertised_port}",
                 "--admin-addr", f"{HOST}:{self.admin_port}",

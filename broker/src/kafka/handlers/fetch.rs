@@ -1,4 +1,4 @@
-//! Fetch (key 1), v4–v17: topics by name before v13 and by id from v13, incremental fetch
+//! Fetch (key 1), v4–v18: topics by name before v13 and by id from v13, incremental fetch
 //! sessions (KIP-227, see `kafka::fetch_sessions`), long-poll, whole batches.
 //!
 //! Reads go to each partition's owning shard, one request per shard. If fewer than
