@@ -51,15 +51,36 @@ pub struct Session {
     pub epoch: i32,
     /// In insertion order, as the response lists them.
     pub partitions: Vec<((TopicRef, i32), SessionPartition)>,
+    /// Position of each partition in `partitions` (a session may hold thousands: a linear
+    /// search per partition would make every fetch quadratic).
+    index: HashMap<(TopicRef, i32), usize>,
     last_used: Instant,
 }
 
 impl Session {
+    fn new(partitions: Vec<((TopicRef, i32), SessionPartition)>) -> Session {
+        let mut s = Session {
+            epoch: 1,
+            partitions,
+            index: HashMap::new(),
+            last_used: Instant::now(),
+        };
+        s.reindex();
+        s
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+    }
+
     pub fn find_mut(&mut self, key: &(TopicRef, i32)) -> Option<&mut SessionPartition> {
-        self.partitions
-            .iter_mut()
-            .find(|(k, _)| k == key)
-            .map(|(_, p)| p)
+        let i = *self.index.get(key)?;
+        self.partitions.get_mut(i).map(|(_, p)| p)
     }
 
     /// Adds or updates a partition from an incremental request.
@@ -69,14 +90,19 @@ impl Session {
                 p.fetch_offset = fetch_offset;
                 p.max_bytes = max_bytes;
             }
-            None => self
-                .partitions
-                .push((key, SessionPartition::new(fetch_offset, max_bytes))),
+            None => {
+                self.index.insert(key.clone(), self.partitions.len());
+                self.partitions
+                    .push((key, SessionPartition::new(fetch_offset, max_bytes)));
+            }
         }
     }
 
     pub fn forget(&mut self, key: &(TopicRef, i32)) {
-        self.partitions.retain(|(k, _)| k != key);
+        if self.index.remove(key).is_some() {
+            self.partitions.retain(|(k, _)| k != key);
+            self.reindex();
+        }
     }
 }
 
@@ -137,14 +163,7 @@ impl FetchSessions {
                 break id;
             }
         };
-        self.sessions.insert(
-            id,
-            Session {
-                epoch: 1,
-                partitions,
-                last_used: Instant::now(),
-            },
-        );
+        self.sessions.insert(id, Session::new(partitions));
         Some(id)
     }
 
