@@ -201,6 +201,53 @@ pub async fn list_offsets_local(
     out
 }
 
+/// Where partition `index` of `topic` lives: its key and owning shard (`None` for an
+/// unknown topic or partition).
+pub fn locate(
+    shard: &Shard,
+    topic: Option<&crate::metadata::TopicMeta>,
+    index: i32,
+) -> Option<(PartitionKey, usize)> {
+    let t = topic?;
+    let owner = *t.partition_shards.get(usize::try_from(index).ok()?)?;
+    Some(((t.id, index), owner as usize % shard.mesh.nr_shards()))
+}
+
+/// Sends per-partition items to their owning shards — `(owner, slot, item)`, one request per
+/// shard built by `request` — and hands each answer to `set(slot, answer)`. `unpack` takes the
+/// answers out of a shard's response; a shard that did not answer gives `failed` for its items.
+pub async fn per_owner<S, T, R: Clone>(
+    shard: &Rc<Shard>,
+    items: Vec<(usize, S, T)>,
+    request: impl Fn(Vec<T>) -> ShardRequest,
+    unpack: impl Fn(ShardResponse) -> Option<Vec<R>>,
+    failed: R,
+    mut set: impl FnMut(S, R),
+) {
+    let mut by_owner: BTreeMap<usize, (Vec<S>, Vec<T>)> = BTreeMap::new();
+    for (owner, slot, item) in items {
+        let e = by_owner.entry(owner).or_default();
+        e.0.push(slot);
+        e.1.push(item);
+    }
+    let mut slots = Vec::with_capacity(by_owner.len());
+    let mut requests = Vec::with_capacity(by_owner.len());
+    for (to, (s, items)) in by_owner {
+        slots.push(s);
+        requests.push((to, request(items)));
+    }
+    for (slots, answer) in slots.into_iter().zip(fan_out(shard, requests).await) {
+        let got = answer.ok().and_then(&unpack);
+        let n = slots.len();
+        let got = got
+            .filter(|g| g.len() == n)
+            .unwrap_or_else(|| vec![failed.clone(); n]);
+        for (slot, r) in slots.into_iter().zip(got) {
+            set(slot, r);
+        }
+    }
+}
+
 /// Groups `(slot, item)` pairs by owning shard.
 pub fn by_shard<T>(items: Vec<(usize, usize, T)>) -> BTreeMap<usize, Vec<(usize, T)>> {
     let mut m: BTreeMap<usize, Vec<(usize, T)>> = BTreeMap::new();

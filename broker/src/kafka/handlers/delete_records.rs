@@ -9,7 +9,7 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::data::{by_shard, fan_out};
+use crate::data::{locate, per_owner};
 use crate::groups::OFFSETS_TOPIC;
 use crate::kafka::Ctx;
 use crate::shard::{ShardRequest, ShardResponse};
@@ -27,42 +27,29 @@ pub async fn handle(ctx: &Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespon
                 .filter(|t| t.name != OFFSETS_TOPIC);
             let mut r = Vec::new();
             for (pi, p) in t.partitions.iter().enumerate() {
-                let owner = topic.and_then(|topic| {
-                    usize::try_from(p.partition_index)
-                        .ok()
-                        .and_then(|i| topic.partition_shards.get(i))
-                        .map(|o| (topic.id, *o as usize % shard.mesh.nr_shards()))
-                });
-                match owner {
+                match locate(shard, topic, p.partition_index) {
                     None => r.push((ResponseError::UnknownTopicOrPartition, -1)),
-                    Some((id, o)) => {
+                    Some((key, owner)) => {
                         r.push((ResponseError::Unknown(0), -1));
-                        wanted.push((o, 0, ((ti, pi), ((id, p.partition_index), p.offset))));
+                        wanted.push((owner, (ti, pi), (key, p.offset)));
                     }
                 }
             }
             results.push(r);
         }
     }
-    let mut positions = Vec::new();
-    let mut requests = Vec::new();
-    for (to, group) in by_shard(wanted) {
-        let (pos, items): (Vec<_>, Vec<_>) = group.into_iter().map(|(_, x)| x).unzip();
-        positions.push(pos);
-        requests.push((to, ShardRequest::DeleteRecords { items }));
-    }
-    for (pos, answer) in positions.into_iter().zip(fan_out(shard, requests).await) {
-        let got: Vec<(ResponseError, i64)> = match answer {
-            Ok(ShardResponse::Deleted(v)) => v,
-            _ => pos
-                .iter()
-                .map(|_| (ResponseError::NotLeaderOrFollower, -1))
-                .collect(),
-        };
-        for ((ti, pi), r) in pos.into_iter().zip(got) {
-            results[ti][pi] = r;
-        }
-    }
+    per_owner(
+        shard,
+        wanted,
+        |items| ShardRequest::DeleteRecords { items },
+        |resp| match resp {
+            ShardResponse::Deleted(v) => Some(v),
+            _ => None,
+        },
+        (ResponseError::NotLeaderOrFollower, -1),
+        |(ti, pi), r| results[ti][pi] = r,
+    )
+    .await;
     let topics = req
         .topics
         .iter()

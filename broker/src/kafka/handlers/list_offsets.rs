@@ -11,7 +11,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::data::{self, by_shard, fan_out};
+use crate::data::{self, locate, per_owner};
 use crate::kafka::Ctx;
 use crate::shard::{ShardRequest, ShardResponse};
 
@@ -25,12 +25,6 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
             let topic = img.topics.get(t.name.0.as_str());
             let mut r = Vec::new();
             for (pi, p) in t.partitions.iter().enumerate() {
-                let owner = topic.and_then(|topic| {
-                    usize::try_from(p.partition_index)
-                        .ok()
-                        .and_then(|i| topic.partition_shards.get(i))
-                        .map(|o| (topic.id, *o as usize % shard.mesh.nr_shards()))
-                });
                 let needs = match p.timestamp {
                     data::MAX_TIMESTAMP => 7,
                     data::EARLIEST_LOCAL_TIMESTAMP => 8,
@@ -42,39 +36,32 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                 } else {
                     p.timestamp
                 };
-                match owner {
+                match locate(shard, topic, p.partition_index) {
                     None => r.push((ResponseError::UnknownTopicOrPartition, -1, -1)),
                     Some(_) if ctx.version < needs => {
                         r.push((ResponseError::UnsupportedVersion, -1, -1))
                     }
-                    Some((id, o)) => {
+                    Some((key, owner)) => {
                         r.push((ResponseError::Unknown(0), -1, -1));
-                        wanted.push((o, 0, ((ti, pi), ((id, p.partition_index), ts))));
+                        wanted.push((owner, (ti, pi), (key, ts)));
                     }
                 }
             }
             results.push(r);
         }
     }
-    let mut positions = Vec::new();
-    let mut requests = Vec::new();
-    for (to, group) in by_shard(wanted) {
-        let (pos, items): (Vec<_>, Vec<_>) = group.into_iter().map(|(_, x)| x).unzip();
-        positions.push(pos);
-        requests.push((to, ShardRequest::ListOffsets { items }));
-    }
-    for (pos, answer) in positions.into_iter().zip(fan_out(shard, requests).await) {
-        let got: Vec<(ResponseError, i64, i64)> = match answer {
-            Ok(ShardResponse::Offsets(v)) => v,
-            _ => pos
-                .iter()
-                .map(|_| (ResponseError::NotLeaderOrFollower, -1, -1))
-                .collect(),
-        };
-        for ((ti, pi), r) in pos.into_iter().zip(got) {
-            results[ti][pi] = r;
-        }
-    }
+    per_owner(
+        shard,
+        wanted,
+        |items| ShardRequest::ListOffsets { items },
+        |resp| match resp {
+            ShardResponse::Offsets(v) => Some(v),
+            _ => None,
+        },
+        (ResponseError::NotLeaderOrFollower, -1, -1),
+        |(ti, pi), r| results[ti][pi] = r,
+    )
+    .await;
     let topics = req
         .topics
         .iter()

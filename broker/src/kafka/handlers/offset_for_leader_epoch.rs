@@ -10,7 +10,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use crate::data::{by_shard, fan_out, LOG_END_OFFSET};
+use crate::data::{locate, per_owner, LOG_END_OFFSET};
 use crate::kafka::Ctx;
 use crate::partition::SINGLE_NODE_TERM;
 use crate::shard::{ShardRequest, ShardResponse};
@@ -28,13 +28,7 @@ pub async fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLea
             let topic = img.topics.get(t.topic.0.as_str());
             let mut r = Vec::new();
             for (pi, p) in t.partitions.iter().enumerate() {
-                let owner = topic.and_then(|topic| {
-                    usize::try_from(p.partition)
-                        .ok()
-                        .and_then(|i| topic.partition_shards.get(i))
-                        .map(|o| (topic.id, *o as usize % shard.mesh.nr_shards()))
-                });
-                match owner {
+                match locate(shard, topic, p.partition) {
                     None => r.push((ResponseError::UnknownTopicOrPartition, -1, -1)),
                     Some(_) if p.current_leader_epoch > EPOCH => {
                         r.push((ResponseError::UnknownLeaderEpoch, -1, -1))
@@ -42,38 +36,33 @@ pub async fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLea
                     Some(_) if p.leader_epoch != EPOCH => {
                         r.push((ResponseError::Unknown(0), -1, -1))
                     }
-                    Some((id, o)) => {
+                    Some((key, owner)) => {
                         r.push((ResponseError::Unknown(0), EPOCH, -1));
-                        wanted.push((o, 0, ((ti, pi), ((id, p.partition), LOG_END_OFFSET))));
+                        wanted.push((owner, (ti, pi), (key, LOG_END_OFFSET)));
                     }
                 }
             }
             results.push(r);
         }
     }
-    let mut positions = Vec::new();
-    let mut requests = Vec::new();
-    for (to, group) in by_shard(wanted) {
-        let (pos, items): (Vec<_>, Vec<_>) = group.into_iter().map(|(_, x)| x).unzip();
-        positions.push(pos);
-        requests.push((to, ShardRequest::ListOffsets { items }));
-    }
-    for (pos, answer) in positions.into_iter().zip(fan_out(shard, requests).await) {
-        let got: Vec<(ResponseError, i64, i64)> = match answer {
-            Ok(ShardResponse::Offsets(v)) => v,
-            _ => pos
-                .iter()
-                .map(|_| (ResponseError::NotLeaderOrFollower, -1, -1))
-                .collect(),
-        };
-        for ((ti, pi), (e, offset, _)) in pos.into_iter().zip(got) {
+    per_owner(
+        shard,
+        wanted,
+        |items| ShardRequest::ListOffsets { items },
+        |resp| match resp {
+            ShardResponse::Offsets(v) => Some(v),
+            _ => None,
+        },
+        (ResponseError::NotLeaderOrFollower, -1, -1),
+        |(ti, pi), (e, offset, _)| {
             results[ti][pi] = if e == ResponseError::Unknown(0) {
                 (e, EPOCH, offset)
             } else {
                 (e, -1, -1)
-            };
-        }
-    }
+            }
+        },
+    )
+    .await;
     let topics = req
         .topics
         .iter()
