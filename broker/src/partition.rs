@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use spate_storage::log::batch::{BatchHeader, RecordBatch};
+use spate_storage::log::batch::{whole_batches_prefix, BatchHeader, RecordBatch};
 use spate_storage::log::cache::BatchCache;
 use spate_storage::log::file::DmaDir;
 use spate_storage::log::{DurableWaiter, LogConfig, LogError, PartitionLog};
@@ -448,20 +448,12 @@ impl Partition {
         // Cut at the high watermark and, unless the first batch alone is over the limit and
         // `min_one` allows it, at `max_bytes` — always at batch boundaries.
         let bytes = read.bytes;
-        let mut end = 0usize;
-        while end < bytes.len() {
-            let Ok(h) = BatchHeader::decode(&bytes[end..]) else {
-                break;
-            };
-            let next = end + h.total_len();
-            if next > bytes.len()
-                || h.base_offset >= hw
-                || (next > max_bytes && !(end == 0 && min_one))
-            {
-                break;
-            }
-            end = next;
-        }
+        let mut first = true;
+        let end = whole_batches_prefix(&bytes, |h, next| {
+            let keep = h.base_offset < hw && (next <= max_bytes || (first && min_one));
+            first = false;
+            keep
+        });
         Ok(bytes.slice(..end))
     }
 }

@@ -163,6 +163,27 @@ pub fn check_first(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Ba
     Ok(h)
 }
 
+/// Length of the longest prefix of `buf` made of whole batches that `keep` accepts; `keep`
+/// sees each batch's header and the prefix length it would make, and the walk stops at the
+/// first batch it refuses, or that is incomplete or undecodable.
+pub fn whole_batches_prefix(
+    buf: &[u8],
+    mut keep: impl FnMut(&BatchHeader, usize) -> bool,
+) -> usize {
+    let mut end = 0;
+    while end < buf.len() {
+        let Ok(h) = BatchHeader::decode(&buf[end..]) else {
+            break;
+        };
+        let next = end + h.total_len();
+        if next > buf.len() || !keep(&h, next) {
+            break;
+        }
+        end = next;
+    }
+    end
+}
+
 /// Writes `base_offset` and `partition_leader_epoch` into a batch's header in place. Both lie
 /// outside the CRC, so the batch stays valid.
 ///

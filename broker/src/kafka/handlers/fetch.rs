@@ -14,7 +14,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
-use spate_storage::log::batch::BatchHeader;
+use spate_storage::log::batch::whole_batches_prefix;
 use uuid::Uuid;
 
 use super::s;
@@ -345,18 +345,7 @@ fn partition_data(partition: i32, slot: Slot, isolation_level: i8) -> PartitionD
 
 /// The longest prefix of whole batches within `limit` bytes.
 fn cut_at_batches(records: &Bytes, limit: usize) -> Bytes {
-    let mut end = 0;
-    while end < records.len() {
-        let Ok(h) = BatchHeader::decode(&records[end..]) else {
-            break;
-        };
-        let next = end + h.total_len();
-        if next > limit || next > records.len() {
-            break;
-        }
-        end = next;
-    }
-    records.slice(..end)
+    records.slice(..whole_batches_prefix(records, |_, end| end <= limit))
 }
 
 /// Reads every partition once from its owning shard (one request per shard).
