@@ -134,11 +134,13 @@ pub fn start_publisher(shard: Rc<Shard>, view: Arc<NodeView>) {
 }
 
 fn publish(shard: &Shard, view: &NodeView) {
+    let mut disk_full = 0i64;
     let parts: Vec<PartitionView> = shard
         .partitions
         .all()
         .iter()
         .map(|p| {
+            disk_full += i64::from(p.disk_full());
             let (start, hw) = (p.log_start_offset(), p.high_watermark());
             p.metrics.high_watermark.set(hw);
             p.metrics.log_start_offset.set(start);
@@ -168,14 +170,7 @@ fn publish(shard: &Shard, view: &NodeView) {
             .inc_by(st.misses.saturating_sub(m.cache_misses.get()));
         m.cache_resident.set(st.resident_bytes as i64);
     }
-    m.disk_full.set(
-        shard
-            .partitions
-            .all()
-            .iter()
-            .filter(|p| p.disk_full())
-            .count() as i64,
-    );
+    m.disk_full.set(disk_full);
     let s = ShardView {
         shard: shard.id,
         partitions: parts.len(),
