@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use super::file::{align_down, align_up, is_aligned, IoBuf, SegmentDir, MAX_IO_BYTES};
+use super::file::{align_down, align_up, is_aligned, IoBuf, SegmentDir, MAX_IO_CAP_BYTES};
 
 /// End of the bytes appended to the segment (in memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,7 +69,7 @@ impl<D: SegmentDir> Appender<D> {
     /// partial last page, `[align_down(end), end)`.
     pub fn new(dir: D, chunk_bytes: usize, end: u64, tail: &[u8]) -> Self {
         assert!(
-            is_aligned(chunk_bytes as u64) && chunk_bytes > 0 && chunk_bytes <= MAX_IO_BYTES,
+            is_aligned(chunk_bytes as u64) && chunk_bytes > 0 && chunk_bytes <= MAX_IO_CAP_BYTES,
             "write chunk of {chunk_bytes} bytes"
         );
         let mut a = Self {

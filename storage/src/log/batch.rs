@@ -20,6 +20,12 @@
 //!
 //! `base_offset` and `partition_leader_epoch` lie outside the CRC, so the broker stamps them
 //! without recomputing it. The records themselves are never parsed here.
+//!
+//! A *stored* batch may hold fewer records than offsets: log compaction keeps a batch's base
+//! and last offset while removing some of its records, and may keep a batch of no records at
+//! all (Kafka's empty batch, [`empty_batch`]). So [`check_first`] (stored batches) accepts
+//! `0 <= record_count <= last_offset_delta + 1`, while [`RecordBatch::validate`] (a batch as
+//! produced) requires exactly `last_offset_delta + 1`.
 
 use bytes::{Bytes, BytesMut};
 
@@ -52,7 +58,7 @@ pub enum BatchError {
     Magic { magic: i8 },
     #[error("crc: the header says {stored:#010x}, CRC-32C of the batch is {computed:#010x}")]
     Crc { stored: u32, computed: u32 },
-    #[error("record_count {record_count}: must be last_offset_delta ({last_offset_delta}) + 1 and positive")]
+    #[error("record_count {record_count}: must be last_offset_delta ({last_offset_delta}) + 1 and positive (at most that in a compacted batch)")]
     RecordCount {
         record_count: i32,
         last_offset_delta: i32,
@@ -127,7 +133,9 @@ impl BatchHeader {
 
 /// Validates the first batch in `buf`, which may hold more bytes after it (a segment being
 /// scanned). Checks, in order: header present, `batch_length` bounds, magic, the whole batch
-/// present, CRC-32C, record count. Returns the header; the batch is `buf[..total_len()]`.
+/// present, CRC-32C, record count (at most `last_offset_delta + 1`: a compacted batch may hold
+/// fewer records than offsets, even none). Returns the header; the batch is
+/// `buf[..total_len()]`.
 pub fn check_first(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
     let h = BatchHeader::decode(buf)?;
     let total = LOG_OVERHEAD as i64 + i64::from(h.batch_length);
@@ -154,7 +162,10 @@ pub fn check_first(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Ba
             computed,
         });
     }
-    if h.record_count <= 0 || i64::from(h.record_count) != i64::from(h.last_offset_delta) + 1 {
+    if h.record_count < 0
+        || h.last_offset_delta < 0
+        || i64::from(h.record_count) > i64::from(h.last_offset_delta) + 1
+    {
         return Err(BatchError::RecordCount {
             record_count: h.record_count,
             last_offset_delta: h.last_offset_delta,
@@ -195,6 +206,44 @@ pub fn stamp_in_place(buf: &mut [u8], base_offset: i64, leader_epoch: i32) {
     buf[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+/// Attribute bits of a v2 batch (Kafka's `DefaultRecordBatch`).
+pub const ATTR_CODEC_MASK: i16 = 0x07;
+pub const ATTR_LOG_APPEND_TIME: i16 = 0x08;
+pub const ATTR_TRANSACTIONAL: i16 = 0x10;
+pub const ATTR_CONTROL: i16 = 0x20;
+/// The batch's base timestamp is the delete horizon of its tombstones (KIP-534).
+pub const ATTR_DELETE_HORIZON: i16 = 0x40;
+
+/// Recomputes the CRC-32C field of a whole batch in place (after editing fields under it).
+pub fn fix_crc(buf: &mut [u8]) {
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A batch with no records that keeps `h`'s offsets, producer fields, leader epoch and
+/// timestamp type (no compression): Kafka's `DefaultRecordBatch.writeEmptyHeader`, what
+/// compaction keeps when every record of a batch goes but the batch must stay (an idempotent
+/// producer's last batch, a segment's last batch). Unlike Kafka's, it carries no timestamp
+/// (-1): with no record to find there, lookups by time and the time index pass over it.
+pub fn empty_batch(h: &BatchHeader) -> Bytes {
+    let mut b = vec![0u8; BATCH_HEADER_LEN];
+    b[0..8].copy_from_slice(&h.base_offset.to_be_bytes());
+    b[8..12].copy_from_slice(&(MIN_BATCH_LENGTH as i32).to_be_bytes());
+    b[12..16].copy_from_slice(&h.partition_leader_epoch.to_be_bytes());
+    b[16] = MAGIC_V2 as u8;
+    let attrs = h.attributes & (ATTR_LOG_APPEND_TIME | ATTR_TRANSACTIONAL | ATTR_CONTROL);
+    b[21..23].copy_from_slice(&attrs.to_be_bytes());
+    b[23..27].copy_from_slice(&h.last_offset_delta.to_be_bytes());
+    b[27..35].copy_from_slice(&(-1i64).to_be_bytes());
+    b[35..43].copy_from_slice(&(-1i64).to_be_bytes());
+    b[43..51].copy_from_slice(&h.producer_id.to_be_bytes());
+    b[51..53].copy_from_slice(&h.producer_epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&h.base_sequence.to_be_bytes());
+    b[57..61].copy_from_slice(&0i32.to_be_bytes());
+    fix_crc(&mut b);
+    Bytes::from(b)
+}
+
 /// One validated v2 record batch, held as zero-copy `Bytes` (typically a slice of a request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordBatch {
@@ -203,9 +252,18 @@ pub struct RecordBatch {
 }
 
 impl RecordBatch {
-    /// Validates that `bytes` is exactly one well-formed v2 batch (see [`check_first`]).
+    /// Validates that `bytes` is exactly one well-formed v2 batch as a producer sends it (see
+    /// [`check_first`]; and one record per offset, at least one).
     pub fn validate(bytes: Bytes, max_batch_bytes: usize) -> Result<Self, BatchError> {
         let header = check_first(&bytes, max_batch_bytes)?;
+        if header.record_count <= 0
+            || i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1
+        {
+            return Err(BatchError::RecordCount {
+                record_count: header.record_count,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
         if header.total_len() != bytes.len() {
             return Err(BatchError::TrailingBytes {
                 total: header.total_len(),
@@ -239,7 +297,7 @@ impl RecordBatch {
 
     /// Number of offsets the batch occupies (`last_offset_delta + 1`).
     pub fn offset_count(&self) -> u64 {
-        self.header.record_count as u64
+        self.header.last_offset_delta as u64 + 1
     }
 
     /// A copy of the header with base offset and leader epoch stamped; the appender writes it
@@ -446,6 +504,32 @@ pub(crate) mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn empty_batches_are_stored_batches_but_not_produced_ones() {
+        let rb = RecordBatch::validate(build_batch(3, 10, 1), MAX).unwrap();
+        let e = empty_batch(rb.stamped(40, 2).header());
+        let h = check_first(&e, MAX).unwrap();
+        assert_eq!(h.total_len(), e.len());
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.record_count),
+            (40, 42, 0)
+        );
+        assert_eq!(h.partition_leader_epoch, 2);
+        assert_eq!((h.base_timestamp, h.max_timestamp), (-1, -1));
+        assert!(matches!(
+            RecordBatch::validate(e, MAX),
+            Err(BatchError::RecordCount { .. })
+        ));
+        // Fewer records than offsets (compacted) is fine stored; more never is.
+        let mut b = BytesMut::from(&build_batch(3, 10, 1)[..]);
+        b[57..61].copy_from_slice(&2i32.to_be_bytes());
+        fix_crc(&mut b);
+        assert!(check_first(&b, MAX).is_ok());
+        b[57..61].copy_from_slice(&4i32.to_be_bytes());
+        fix_crc(&mut b);
+        assert!(check_first(&b, MAX).is_err());
     }
 
     #[test]

@@ -87,6 +87,23 @@ struct State {
     /// Disk size: a write or creation that would take the files' total current size past it
     /// fails with ENOSPC (and changes nothing). `None`: unlimited.
     capacity: Option<u64>,
+    /// Mutating operations allowed before every further one fails (a process stopped at
+    /// that point: crash right after). `None`: unlimited.
+    ops_left: Option<u64>,
+}
+
+impl State {
+    /// Counts one mutating operation against [`FaultyDir::stop_after`].
+    fn spend_op(&mut self) -> io::Result<()> {
+        match &mut self.ops_left {
+            Some(0) => Err(io::Error::other("injected stop: no more operations")),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 impl State {
@@ -128,6 +145,7 @@ impl FaultyDir {
                 read_bytes: 0,
                 fail_next_write: None,
                 capacity: None,
+                ops_left: None,
             })),
         }
     }
@@ -168,6 +186,13 @@ impl FaultyDir {
     /// Number of `write_at` calls so far.
     pub fn writes(&self) -> u64 {
         self.state.borrow().writes
+    }
+
+    /// Lets `ops` more mutating operations (write, fdatasync, truncate, create, remove,
+    /// rename, directory sync) succeed and fails every later one, until reset with `None`:
+    /// with [`Self::crash`] after it, a crash at any chosen step of a multi-step operation.
+    pub fn stop_after(&self, ops: Option<u64>) {
+        self.state.borrow_mut().ops_left = ops;
     }
 
     /// Makes the next `write_at` fail with `kind`.
@@ -267,6 +292,7 @@ impl SegmentFile for FaultyFile {
             if let Some(kind) = st.fail_next_write.take() {
                 return Err(io::Error::new(kind, "injected write failure"));
             }
+            st.spend_op()?;
             let end = pos as usize + len;
             let growth = end.saturating_sub(f.current.len()) as u64;
             // `f` is out of `st.files` while we hold it: count it by hand.
@@ -307,17 +333,20 @@ impl SegmentFile for FaultyFile {
     async fn fdatasync(&self) -> io::Result<()> {
         let id = self.id;
         self.with(|st, f| {
+            st.spend_op()?;
             st.fdatasyncs += 1;
             f.durable = f.current.clone();
             if st.last_write.as_ref().is_some_and(|w| w.file == id) {
                 st.last_write = None;
             }
-        })
+            Ok(())
+        })?
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
         let id = self.id;
         self.with(|st, f| {
+            st.spend_op()?;
             let growth = (len as usize).saturating_sub(f.current.len()) as u64;
             let named = st.names.values().any(|&n| n == id);
             let used = st.used() + if named { f.current.len() as u64 } else { 0 };
@@ -352,6 +381,7 @@ impl SegmentDir for FaultyDir {
         let id = match st.names.get(name) {
             Some(&id) => id,
             None => {
+                st.spend_op()?;
                 // A new file needs at least a directory entry's worth of room.
                 if st.capacity.is_some_and(|c| st.used() >= c) {
                     return Err(no_space());
@@ -390,6 +420,7 @@ impl SegmentDir for FaultyDir {
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
+        st.spend_op()?;
         match st.names.remove(name) {
             // The contents stay reachable through open handles and through the durable
             // names until the directory is synced; `crash` garbage-collects them.
@@ -398,8 +429,22 @@ impl SegmentDir for FaultyDir {
         }
     }
 
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut st = self.state.borrow_mut();
+        st.spend_op()?;
+        match st.names.remove(from) {
+            // Atomic, as POSIX: `to` (if any) is replaced; durable once the directory syncs.
+            Some(id) => {
+                st.names.insert(to.to_string(), id);
+                Ok(())
+            }
+            None => Err(io::Error::new(io::ErrorKind::NotFound, from.to_string())),
+        }
+    }
+
     async fn sync(&self) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
+        st.spend_op()?;
         st.durable_names = st.names.clone();
         Ok(())
     }

@@ -15,9 +15,23 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use crate::dma::DMA_ALIGNMENT_BYTES;
 
-/// Largest single I/O submitted to the device (larger requests are split). Requests above the
-/// device's `max_sectors_kb` have hung glommio processes in D state (DataDog/glommio#633).
+/// The default cap on one I/O submitted to the device (larger requests are split), used when
+/// the device's own limit is unknown. Requests above the device's `max_sectors_kb` have hung
+/// glommio processes in D state (DataDog/glommio#633), so [`DmaDir`] takes the device's limit
+/// ([`crate::dma::device_max_io`]) bounded to [`MIN_IO_CAP_BYTES`]..=[`MAX_IO_CAP_BYTES`].
+/// Also the appender's default write size ([`super::LogConfig::write_chunk_bytes`]).
 pub const MAX_IO_BYTES: usize = 128 * 1024;
+/// The smallest cap on one I/O (one page).
+pub const MIN_IO_CAP_BYTES: usize = DMA_ALIGNMENT_BYTES;
+/// The largest cap on one I/O, whatever the device allows.
+pub const MAX_IO_CAP_BYTES: usize = 1 << 20;
+
+/// `bytes` as a cap on one I/O: within [`MIN_IO_CAP_BYTES`]..=[`MAX_IO_CAP_BYTES`], a multiple
+/// of the DMA alignment (rounded down).
+pub fn clamp_io_cap(bytes: u64) -> usize {
+    let b = bytes.clamp(MIN_IO_CAP_BYTES as u64, MAX_IO_CAP_BYTES as u64);
+    align_down(b) as usize
+}
 
 const ALIGN: u64 = DMA_ALIGNMENT_BYTES as u64;
 
@@ -61,7 +75,7 @@ pub trait SegmentFile {
     /// Writes `buf[..len]` at `pos` and hands the buffer back (its first `len` bytes intact),
     /// so a write that failed — a full disk — can be retried from memory. `pos` and `len` are
     /// multiples of [`DMA_ALIGNMENT_BYTES`]; `len <= buf.len()`. Implementations split writes
-    /// larger than [`MAX_IO_BYTES`].
+    /// larger than their directory's [`SegmentDir::max_io_bytes`].
     async fn write_at(&self, pos: u64, buf: Self::Buf, len: usize) -> (Self::Buf, io::Result<()>);
     /// Reads `len` bytes at `pos` (any alignment); shorter only at end of file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes>;
@@ -79,12 +93,20 @@ pub trait SegmentDir: Clone {
     fn alloc_buf(&self, len: usize) -> Self::Buf;
     /// Opens `name`, creating it empty if missing; never truncates.
     async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// The largest single I/O its files submit (larger ones are split): writes of the
+    /// appender are at most this long ([`super::PartitionLog::open`] caps its chunks).
+    fn max_io_bytes(&self) -> usize {
+        MAX_IO_BYTES
+    }
     /// Opens `name` only if it exists (`ErrorKind::NotFound` otherwise): for lazily opened
     /// segments and metadata files, which must never be re-created by a late reader.
     async fn open_existing(&self, name: &str) -> io::Result<Self::File>;
     /// File names in the directory (any order).
     async fn list(&self) -> io::Result<Vec<String>>;
     async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Renames `from` to `to`, atomically replacing `to` if it exists (POSIX `rename`). Open
+    /// handles keep working on the file they opened.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes creations, renames and removals durable (fsync of the directory).
     async fn sync(&self) -> io::Result<()>;
 }
@@ -104,6 +126,8 @@ struct DmaDirInner {
     /// The sentinel, kept open: glommio allocates DMA buffers through a file handle. Shared
     /// by [`DmaDir::sibling`]s.
     buffers: Rc<DmaFile>,
+    /// Cap on one I/O (see [`MAX_IO_BYTES`]); siblings inherit it.
+    max_io_bytes: usize,
 }
 
 impl DmaDir {
@@ -112,6 +136,17 @@ impl DmaDir {
     ///
     /// Start-up only: creating the directory uses glommio's blocking pool.
     pub async fn open(path: &Path, sentinel: &Path) -> io::Result<Self> {
+        Self::open_capped(path, sentinel, MAX_IO_BYTES).await
+    }
+
+    /// As [`Self::open`], splitting I/Os above `max_io_bytes` (bounded, see
+    /// [`clamp_io_cap`]): the device's `max_sectors_kb`, read at start with
+    /// [`crate::dma::device_max_io`]. Siblings inherit the cap.
+    pub async fn open_capped(
+        path: &Path,
+        sentinel: &Path,
+        max_io_bytes: usize,
+    ) -> io::Result<Self> {
         let buffers = DmaFile::open(sentinel).await.map_err(io::Error::from)?;
         // The probe read: the first DmaFile an executor reads on a device must be non-empty.
         buffers
@@ -126,6 +161,7 @@ impl DmaDir {
             inner: Rc::new(DmaDirInner {
                 path: path.to_path_buf(),
                 buffers: Rc::new(buffers),
+                max_io_bytes: clamp_io_cap(max_io_bytes as u64),
             }),
         })
     }
@@ -147,6 +183,7 @@ impl DmaDir {
             inner: Rc::new(DmaDirInner {
                 path: path.to_path_buf(),
                 buffers: self.inner.buffers.clone(),
+                max_io_bytes: self.inner.max_io_bytes,
             }),
         })
     }
@@ -167,6 +204,10 @@ impl SegmentDir for DmaDir {
 
     fn alloc_buf(&self, len: usize) -> DmaBuffer {
         self.inner.buffers.alloc_dma_buffer(len)
+    }
+
+    fn max_io_bytes(&self) -> usize {
+        self.inner.max_io_bytes
     }
 
     async fn open(&self, name: &str) -> io::Result<DmaSegmentFile> {
@@ -219,6 +260,12 @@ impl SegmentDir for DmaDir {
             .map_err(io::Error::from)
     }
 
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        glommio::io::rename(self.inner.path.join(from), self.inner.path.join(to))
+            .await
+            .map_err(io::Error::from)
+    }
+
     async fn sync(&self) -> io::Result<()> {
         let dir = glommio::io::Directory::open(&self.inner.path)
             .await
@@ -248,7 +295,8 @@ impl SegmentFile for DmaSegmentFile {
             is_aligned(pos) && is_aligned(len as u64) && len <= buf.len(),
             "unaligned DMA write: pos {pos} len {len}"
         );
-        if len <= MAX_IO_BYTES {
+        let cap = self.buffers.max_io_bytes();
+        if len <= cap {
             buf.trim_to_size(len);
             // `write_rc_at` leaves us a handle on the buffer, so a failed write can be
             // retried; glommio drops its clone when the request completes.
@@ -263,10 +311,10 @@ impl SegmentFile for DmaSegmentFile {
             return (buf, r);
         }
         // Split: copy each piece into its own DMA buffer (rare; the appender never writes
-        // more than MAX_IO_BYTES at once).
+        // more than the cap at once).
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(MAX_IO_BYTES);
+            let n = (len - done).min(cap);
             let mut piece = self.buffers.alloc_buf(n);
             piece
                 .as_bytes_mut()
@@ -284,8 +332,9 @@ impl SegmentFile for DmaSegmentFile {
         let end = align_up(pos + len as u64);
         let mut out = BytesMut::with_capacity((end - start) as usize);
         let mut at = start;
+        let cap = self.buffers.max_io_bytes();
         while at < end {
-            let n = ((end - at) as usize).min(MAX_IO_BYTES);
+            let n = ((end - at) as usize).min(cap);
             let r = self
                 .file
                 .read_at_aligned(at, n)
@@ -366,7 +415,7 @@ pub(crate) async fn write_small_file<D: SegmentDir>(
     let mut written = 0;
     let mut result = Ok(());
     while written < padded {
-        let n = (padded - written).min(MAX_IO_BYTES);
+        let n = (padded - written).min(dir.max_io_bytes());
         let mut buf = dir.alloc_buf(n);
         let s = buf.as_mut_slice();
         let have = bytes.len().saturating_sub(written).min(n);

@@ -71,10 +71,12 @@ impl SegmentIndex {
         }
     }
 
-    /// The entry to start scanning from for `rel_offset`: the last one at or below it.
+    /// The entry to start scanning from for `rel_offset`: the last one at or below it — or
+    /// the first one, when `rel_offset` lies before it (a compacted segment whose first
+    /// batches were removed starts after its base offset). `None` only when empty.
     pub fn lookup_offset(&self, rel_offset: u32) -> Option<IndexEntry> {
         let i = self.entries.partition_point(|e| e.rel_offset <= rel_offset);
-        i.checked_sub(1).map(|i| self.entries[i])
+        self.entries.get(i.saturating_sub(1)).copied()
     }
 
     /// Where the first batch with a max timestamp `>= ts` lies: scan from the returned
@@ -366,6 +368,10 @@ mod tests {
         t.truncate(7);
         assert_eq!(t.len(), 2);
         assert_eq!(SegmentIndex::default().lookup_offset(3), None);
+        // A segment whose first batch starts after its base (compacted).
+        let mut late = SegmentIndex::default();
+        late.note_batch(5, 0, NO_TIMESTAMP, 3000);
+        assert_eq!(late.lookup_offset(0).unwrap().rel_offset, 5);
     }
 
     #[test]

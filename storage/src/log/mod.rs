@@ -22,7 +22,10 @@
 //! * Reads ([`PartitionLog::read`], or [`PartitionLog::plan_read`] + [`ReadPlan::run`] to
 //!   avoid holding the log across the I/O) return whole batches as one `Bytes`, from one
 //!   segment, up to what has been written to the file: the sparse index gives a position at
-//!   most one index interval before the batch, the plan walks headers from there.
+//!   most one index interval before the batch, the plan walks headers from there. Every batch
+//!   taken from a file is verified (CRC-32C, header) before it is returned: a read stops
+//!   before a damaged batch and fails with [`LogError::Corrupt`] when that is its first; the
+//!   damage is reported once ([`PartitionLog::take_corruptions`], see [`corrupt`]).
 //!   [`PartitionLog::plan_find_timestamp`] finds the first batch at or after a timestamp.
 //! * Truncation: [`PartitionLog::truncate_suffix`] (Raft conflict; durable on return) and
 //!   [`PartitionLog::truncate_prefix`] (log start offset; whole segments deleted); retention
@@ -30,12 +33,22 @@
 //!   deletes their files in a [`SegmentDeletion`] that does not borrow the log.
 //! * Recovery: [`PartitionLog::open`] trusts closed segments the checkpoint or their index
 //!   files vouch for and scans (CRC-32C of every batch) only what follows the last index of
-//!   the last segment, cutting a torn or corrupt tail ([`recovery`]).
+//!   the last segment, cutting a torn tail and keeping isolated damage inside the data
+//!   ([`recovery`]). First it finishes or discards a compaction a crash interrupted.
+//! * Compaction ([`compact`]): closed segments are rewritten with what the owner's
+//!   [`compact::Cleaner`] keeps (the broker decides per record; storage never parses
+//!   records) and swapped in crash-safely (`.cleaned` → `.swap` → `.log`). Offsets are kept,
+//!   so a compacted segment has gaps where whole batches went, and a batch may hold fewer
+//!   records than offsets (even none): readers walk forward over a gap when the batch before
+//!   it verifies (and the one after does not contradict it), a read at an offset in a gap
+//!   returns the next batch, and segments still follow on without a gap between them.
 
 pub mod appender;
 pub mod batch;
 pub mod cache;
 pub mod checkpoint;
+pub mod compact;
+pub mod corrupt;
 pub mod faulty;
 pub mod file;
 pub mod index;
@@ -58,6 +71,7 @@ use bytes::Bytes;
 
 use self::appender::{DirtyPos, PendingWrites, StablePos, Write};
 use self::batch::{RecordBatch, BATCH_HEADER_LEN};
+use self::corrupt::Corruptions;
 use self::file::{align_down, is_disk_full, SegmentDir, SegmentFile, MAX_IO_BYTES};
 use self::index::{IndexMeta, LastBatch, SegmentIndex};
 use self::manifest::{Manifest, ManifestSegment};
@@ -65,6 +79,7 @@ use self::scan::{FileSource, SegmentSource};
 use self::segment::{IndexFiles, Segment, SegmentShared};
 
 pub use self::cache::{BatchCache, CacheStats};
+pub use self::corrupt::CorruptBatch;
 pub use self::recovery::{CorruptTail, RecoveryReport, TailTruncation};
 pub use self::retention::{RetentionOutcome, SegmentDeletion};
 
@@ -82,7 +97,9 @@ pub struct LogConfig {
     pub segment_ms: Option<u64>,
     /// Largest batch accepted, header included (Kafka's `message.max.bytes`).
     pub max_batch_bytes: usize,
-    /// Size of the appender's write buffers: the largest single write (≤ [`MAX_IO_BYTES`]).
+    /// Size of the appender's write buffers: the largest single write (at most
+    /// [`file::MAX_IO_CAP_BYTES`]; [`PartitionLog::open`] lowers it to the directory's cap on
+    /// one I/O, [`SegmentDir::max_io_bytes`]).
     pub write_chunk_bytes: usize,
     /// How much recovery reads at a time while scanning a segment.
     pub recovery_read_bytes: usize,
@@ -134,6 +151,9 @@ pub enum LogError {
     BeyondCommitted { offset: u64, committed: u64 },
     #[error("a flush is in flight")]
     FlushInFlight,
+    /// A compaction is rewriting the closed segments below `end` (retry once it is done).
+    #[error("cannot truncate to {offset}: a compaction is rewriting the segments below {end}")]
+    CompactionInFlight { offset: u64, end: u64 },
     #[error("term {0} does not fit the batch's int32 leader epoch")]
     TermTooLarge(u64),
     #[error("segments {first} and {second} share base offset {base}")]
@@ -157,12 +177,27 @@ pub enum LogError {
     /// until one succeeds. The broker answers KAFKA_STORAGE_ERROR.
     #[error("disk full: {0}")]
     DiskFull(Rc<str>),
+    /// The first batch a read would return is damaged on disk (header bounds, magic, CRC-32C,
+    /// record count or offsets fail): nothing is returned (see [`corrupt`]). The broker
+    /// answers CORRUPT_MESSAGE, as Kafka does for a `CorruptRecordException`.
+    #[error("segment {segment}: corrupt batch at file position {pos} (offset {offset}): {detail}")]
+    Corrupt {
+        segment: String,
+        pos: u64,
+        offset: u64,
+        detail: String,
+    },
 }
 
 impl LogError {
     /// Whether this is [`LogError::DiskFull`] (retry the flush after [`DISK_FULL_RETRY`]).
     pub fn is_disk_full(&self) -> bool {
         matches!(self, LogError::DiskFull(_))
+    }
+
+    /// Whether this is [`LogError::Corrupt`] (damaged data on disk, not an I/O failure).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, LogError::Corrupt { .. })
     }
 }
 
@@ -209,6 +244,7 @@ struct PlanSegment<D: SegmentDir> {
     max_batch_bytes: usize,
     read_bytes: usize,
     index_interval: u32,
+    corruptions: Corruptions,
 }
 
 impl<D: SegmentDir> PlanSegment<D> {
@@ -225,6 +261,7 @@ impl<D: SegmentDir> PlanSegment<D> {
             max_batch_bytes: log.config.max_batch_bytes,
             read_bytes: log.config.recovery_read_bytes,
             index_interval: log.config.index_interval_bytes,
+            corruptions: log.corruptions.clone(),
         }
     }
 
@@ -236,7 +273,7 @@ impl<D: SegmentDir> PlanSegment<D> {
     async fn with_index<R>(&self, f: impl FnOnce(&SegmentIndex) -> R) -> Result<R, LogError> {
         if self.shared.index.borrow().is_none() {
             let file = self.file().await?;
-            let ix = recovery::load_index(
+            let (ix, damaged) = recovery::load_index(
                 &self.dir,
                 &*file,
                 &self.name,
@@ -249,6 +286,7 @@ impl<D: SegmentDir> PlanSegment<D> {
                 self.index_interval,
             )
             .await?;
+            self.corruptions.note_all(&damaged);
             let mut slot = self.shared.index.borrow_mut();
             if slot.is_none() {
                 *slot = Some(ix);
@@ -335,7 +373,11 @@ impl<D: SegmentDir> ReadPlan<D> {
             seg.max_batch_bytes,
             2 * seg.index_interval as usize,
         )
-        .await?;
+        .await
+        .inspect_err(|e| seg.corruptions.note_error(e))?;
+        if let Some(f) = &found {
+            seg.corruptions.note_all(&f.damaged);
+        }
         Ok(match found {
             Some(f) => ReadBatches {
                 bytes: f.bytes,
@@ -411,7 +453,8 @@ impl<D: SegmentDir> TimestampPlan<D> {
             self.below,
             seg.max_batch_bytes,
         )
-        .await?;
+        .await
+        .inspect_err(|e| seg.corruptions.note_error(e))?;
         Ok(found.map(|f| ReadBatches {
             bytes: f.bytes,
             base_offset: f.base_offset,
@@ -764,6 +807,10 @@ pub struct PartitionLog<D: SegmentDir> {
     disk_full: Option<Rc<str>>,
     /// The shard's batch cache and this log's id in it.
     cache: Option<(BatchCache, u64)>,
+    /// Damaged batches found so far (by reads, index rebuilds, recovery).
+    corruptions: Corruptions,
+    /// Log compaction: the cleaner checkpoint and the job in flight ([`compact`]).
+    compaction: compact::State,
 }
 
 impl<D: SegmentDir> PartitionLog<D> {
@@ -847,6 +894,17 @@ impl<D: SegmentDir> PartitionLog<D> {
     /// Why appends are refused, if the last flush found the disk full.
     pub fn disk_full(&self) -> Option<&str> {
         self.disk_full.as_deref()
+    }
+
+    /// Damaged batches found since the last call — by reads (also those run from plans),
+    /// index rebuilds and recovery — each once: the owner logs and counts them.
+    pub fn take_corruptions(&self) -> Vec<CorruptBatch> {
+        self.corruptions.take()
+    }
+
+    /// Distinct damaged batches found since the log was opened.
+    pub fn corrupt_batches(&self) -> u64 {
+        self.corruptions.total()
     }
 
     fn check_ok(&self) -> Result<(), LogError> {
@@ -1050,6 +1108,7 @@ impl<D: SegmentDir> PartitionLog<D> {
             return Ok(None);
         }
         let manifest = (!index_writes.is_empty()).then(|| self.manifest(self.next_offset));
+        self.compaction.note_flush(manifest.is_some());
         self.flush_in_flight = true;
         let sync_dir = std::mem::take(&mut self.dir_sync_pending);
         Ok(Some(FlushJob {
@@ -1070,6 +1129,8 @@ impl<D: SegmentDir> PartitionLog<D> {
                 .segments
                 .values()
                 .filter(|s| s.is_sealed() && s.index_files != IndexFiles::Missing)
+                // Segments a compaction is swapping on disk: neither version is certain.
+                .filter(|s| !self.compaction.hides(s.base_offset))
                 .map(|s| ManifestSegment {
                     base_offset: s.base_offset,
                     term: s.term,
@@ -1304,6 +1365,9 @@ impl<D: SegmentDir> PartitionLog<D> {
         }
         if offset < floor {
             return Err(LogError::BelowFloor { offset, floor });
+        }
+        if let Some(end) = self.compaction.busy_until().filter(|&end| offset < end) {
+            return Err(LogError::CompactionInFlight { offset, end });
         }
         if offset < self.log_start || offset > self.next_offset {
             return Err(LogError::OffsetOutOfRange {

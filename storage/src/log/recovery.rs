@@ -10,17 +10,28 @@
 //!   the tail page is read — to the end of the file, checking every batch (header bounds,
 //!   magic, CRC-32C, record count, offsets following on).
 //!
-//! The durable log is the longest valid prefix: the first bad byte ends it, and every later
-//! segment is deleted. That is safe because flushes sync segments in offset order and
-//! acknowledge only after the sync, so nothing acknowledged can lie after a bad byte; index
-//! files and the checkpoint are written only after the bytes they describe are durable, and
-//! suffix truncation removes them (durably) before it cuts.
+//! The durable log ends at the first bad byte that is not isolated damage: a torn or unwritten
+//! end is cut there, and every later segment is deleted. That is safe because flushes sync
+//! segments in offset order and acknowledge only after the sync, so nothing acknowledged can
+//! lie after a torn write; index files and the checkpoint are written only after the bytes
+//! they describe are durable, and suffix truncation removes them (durably) before it cuts.
+//!
+//! Damage is not always a torn end: a flipped bit in acknowledged data must not cost
+//! everything after it. A scanned batch that fails verification but has intact framing and
+//! is followed by a valid batch is kept and stepped over ([`super::scan`]'s `resync`):
+//! reads refuse it (CORRUPT_MESSAGE) and serve everything around it, and it is reported in
+//! [`RecoveryReport::damaged_batches`] and to the owner ([`PartitionLog::take_corruptions`]).
+//! Segments trusted without a scan (from the checkpoint or their index files, the clean
+//! restart) are not read at all: their damage is found by the reads, which verify every
+//! batch. A cut below what the checkpoint last saw durable (acknowledged data: the damaged
+//! batch's framing was broken, or it was the last one) is reported the same way.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use super::appender::Appender;
 use super::batch::{BatchError, BatchHeader, MAGIC_V2};
+use super::corrupt::{corrupt, CorruptBatch, Corruptions};
 use super::file::{read_small_file, SegmentDir, SegmentFile};
 use super::index::{decode_files, IndexMeta, SegmentIndex, NO_TIMESTAMP};
 use super::manifest::{self, ManifestSegment};
@@ -71,6 +82,9 @@ pub struct RecoveryReport {
     pub orphan_files: Vec<String>,
     /// Files in the directory that are not segments (left alone).
     pub ignored_files: Vec<String>,
+    /// Damaged batches found by the scans and kept: isolated damage inside the data, not a
+    /// torn end (reads refuse them).
+    pub damaged_batches: Vec<CorruptBatch>,
 }
 
 /// Opens a closed segment's file on first use (never creating it).
@@ -127,7 +141,9 @@ async fn read_index_files<D: SegmentDir>(
 
 /// The sparse index of a closed segment: from its index files when they describe it exactly,
 /// else rebuilt by scanning the segment (logged; the files are rewritten by nobody — the
-/// segment is immutable, so the scan is repeated only after a restart).
+/// segment is immutable, so the scan is repeated only after a restart). With the damaged
+/// batches the scan found: isolated ones are stepped over; damage it cannot step over ends
+/// the index there (reads of what follows fail as corrupt, everything before is served).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn load_index<D: SegmentDir>(
     dir: &D,
@@ -140,10 +156,10 @@ pub(crate) async fn load_index<D: SegmentDir>(
     read_bytes: usize,
     max_batch_bytes: usize,
     interval: u32,
-) -> Result<SegmentIndex, LogError> {
+) -> Result<(SegmentIndex, Vec<CorruptBatch>), LogError> {
     match read_index_files(dir, base, term).await {
         Ok(Some((ix, meta))) if meta.size == size && meta.next_offset == next_offset => {
-            return Ok(ix)
+            return Ok((ix, Vec::new()))
         }
         Ok(Some((_, meta))) => tracing::warn!(segment = %name, ?meta, size, next_offset,
             "index files do not match the segment; rebuilding the index"),
@@ -163,17 +179,29 @@ pub(crate) async fn load_index<D: SegmentDir>(
         interval,
     )
     .await?;
-    if s.corrupt.is_some() || s.end != size || s.next_offset != next_offset {
-        return Err(LogError::ReadMismatch {
-            segment: name.to_string(),
-            pos: s.end,
-            reason: format!(
-                "closed segment does not scan cleanly: {:?}, end {} of {size}, next offset {} of {next_offset}",
-                s.corrupt, s.end, s.next_offset
-            ),
-        });
+    let mut damaged = s.damaged;
+    let mut index = s.index;
+    match s.corrupt {
+        Some(reason) if s.end < size && s.next_offset < next_offset => {
+            tracing::warn!(segment = %name, pos = s.end, offset = s.next_offset, ?reason,
+                "closed segment damaged: its index stops there");
+            damaged.push(corrupt(name, s.end, s.next_offset, format!("{reason:?}")));
+            // Damage at the very start: reads still need an entry to walk from (and fail).
+            index.note_batch(0, 0, NO_TIMESTAMP, interval);
+        }
+        tail if tail.is_some() || s.end != size || s.next_offset != next_offset => {
+            return Err(LogError::ReadMismatch {
+                segment: name.to_string(),
+                pos: s.end,
+                reason: format!(
+                    "closed segment does not scan cleanly: {tail:?}, end {} of {size}, next offset {} of {next_offset}",
+                    s.end, s.next_offset
+                ),
+            });
+        }
+        _ => {}
     }
-    Ok(s.index)
+    Ok((index, damaged))
 }
 
 impl ScanFrom {
@@ -217,9 +245,14 @@ impl<D: SegmentDir> PartitionLog<D> {
     /// Opens the log in `dir` (empty or not), recovering it (see the module documentation).
     /// Segments that are scanned are fdatasynced, so data a killed process left unsynced
     /// counts as durable only once it is.
-    pub async fn open(dir: D, config: LogConfig) -> Result<(Self, RecoveryReport), LogError> {
+    pub async fn open(dir: D, mut config: LogConfig) -> Result<(Self, RecoveryReport), LogError> {
         config.sanitize();
+        // One write is one I/O: never above what the device takes at once.
+        config.write_chunk_bytes = config.write_chunk_bytes.min(dir.max_io_bytes());
+        // A compaction interrupted by a crash: finish its swap or drop its leftovers first.
+        let compaction = super::compact::recover(&dir, &config).await?;
         let mut report = RecoveryReport::default();
+        let corruptions = Corruptions::default();
         let mut found: BTreeMap<u64, Listed> = BTreeMap::new();
         let mut index_files: HashSet<(u64, u64, FileKind)> = HashSet::new();
         let mut index_names_found: Vec<(String, u64, u64)> = Vec::new();
@@ -402,9 +435,21 @@ impl<D: SegmentDir> PartitionLog<D> {
             .await?;
             report.batches += s.batches;
             report.scanned_bytes += s.end - from_pos;
-            let corrupt = s.corrupt.is_some();
+            report.damaged_batches.extend(s.damaged.iter().cloned());
+            let torn = s.corrupt.is_some();
             if let Some(reason) = s.corrupt.clone() {
                 tracing::warn!(segment = %name, pos = s.end, size, ?reason, "cutting corrupt log tail");
+                if let Some(end) = manifest.as_ref().map(|m| m.durable_end) {
+                    if end > s.next_offset {
+                        // Not a torn write: the checkpoint saw this durable (acknowledged).
+                        corruptions.note(&corrupt(
+                            &name,
+                            s.end,
+                            s.next_offset,
+                            format!("{reason:?}; the log is cut here, below the durable end {end} of the segment checkpoint"),
+                        ));
+                    }
+                }
                 file.truncate(s.end)
                     .await
                     .map_err(io_err(&name, "truncate"))?;
@@ -417,7 +462,7 @@ impl<D: SegmentDir> PartitionLog<D> {
                 cut = true;
             }
             // Only bytes found beyond what an index vouches for can be unsynced leftovers.
-            if s.batches > 0 || corrupt || from_pos == 0 {
+            if s.batches > 0 || torn || from_pos == 0 {
                 file.fdatasync().await.map_err(io_err(&name, "fdatasync"))?;
             }
             let appender = Appender::new(dir.clone(), config.write_chunk_bytes, s.end, &s.tail);
@@ -454,8 +499,10 @@ impl<D: SegmentDir> PartitionLog<D> {
             seg.appender.seal();
         }
         if let Some(seg) = segments.values_mut().next_back() {
-            activate(&dir, &config, seg).await?;
+            let damaged = activate(&dir, &config, seg).await?;
+            report.damaged_batches.extend(damaged);
         }
+        corruptions.note_all(&report.damaged_batches);
         let log_start = segments.values().next().map_or(0, |s| s.base_offset);
         let next_offset = expected.unwrap_or(0);
         report.segments = segments.len();
@@ -487,6 +534,8 @@ impl<D: SegmentDir> PartitionLog<D> {
             failed: None,
             disk_full: None,
             cache: None,
+            compaction,
+            corruptions,
         };
         log.check_offsets();
         Ok((log, report))
@@ -518,16 +567,17 @@ async fn activate<D: SegmentDir>(
     dir: &D,
     config: &LogConfig,
     seg: &mut Segment<D>,
-) -> Result<(), LogError> {
+) -> Result<Vec<CorruptBatch>, LogError> {
     if !seg.appender.is_sealed() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let mut damaged = Vec::new();
     seg.index_files = IndexFiles::Missing;
     remove_index_files(dir, seg.base_offset, seg.term).await?;
     let file = ensure_file(dir, &seg.shared, &seg.name).await?;
     let size = seg.size();
     if seg.shared.index.borrow().is_none() {
-        let ix = load_index(
+        let (ix, found) = load_index(
             dir,
             &*file,
             &seg.name,
@@ -540,6 +590,7 @@ async fn activate<D: SegmentDir>(
             config.index_interval_bytes,
         )
         .await?;
+        damaged = found;
         *seg.shared.index.borrow_mut() = Some(ix);
     }
     let tail_start = super::file::align_down(size);
@@ -585,7 +636,7 @@ async fn activate<D: SegmentDir>(
         seg.last_batch = w.last;
     }
     seg.appender = Appender::new(dir.clone(), config.write_chunk_bytes, size, &tail);
-    Ok(())
+    Ok(damaged)
 }
 
 /// Removes a segment's index files, then its data file (an index without its segment would

@@ -1,11 +1,19 @@
 //! Walking batch headers through a segment: the windowed reader behind reads (from a sparse
-//! index entry to the wanted offset), timestamp lookups, suffix truncation and recovery
-//! (which also checks every batch's CRC-32C).
+//! index entry to the wanted offset), timestamp lookups, suffix truncation and recovery.
+//!
+//! Every batch handed out is verified first (bounds, magic, CRC-32C, record count, offsets
+//! following on): reads cut before the first damaged batch and fail when it is the first one
+//! ([`super::corrupt`]); recovery checks every batch it scans, steps over an isolated damaged
+//! batch in the middle of the data and cuts a torn end ([`scan_verify`]). Batches only walked
+//! over (before the wanted offset) need sane headers, not a CRC.
 
 use bytes::{Bytes, BytesMut};
 
 use super::appender::Appender;
-use super::batch::{check_first, BatchError, BatchHeader, BATCH_HEADER_LEN, MAGIC_V2};
+use super::batch::{
+    check_first, BatchError, BatchHeader, BATCH_HEADER_LEN, MAGIC_V2, MIN_BATCH_LENGTH,
+};
+use super::corrupt::{corrupt, CorruptBatch};
 use super::file::{align_down, align_up, SegmentDir, SegmentFile};
 use super::index::{LastBatch, SegmentIndex, NO_TIMESTAMP};
 use super::recovery::CorruptTail;
@@ -143,30 +151,125 @@ impl<'a, S: ByteSource> Cursor<'a, S> {
 
     /// The header of the batch at the cursor, checked for sanity only (magic, length within
     /// `max_batch_bytes`, the whole batch before the limit); `None` at the limit.
-    pub async fn header(&mut self, max_batch_bytes: usize) -> Result<Option<BatchHeader>, String> {
+    pub(crate) async fn checked_header(
+        &mut self,
+        max_batch_bytes: usize,
+    ) -> Result<Option<BatchHeader>, HeaderError> {
         if self.pos >= self.limit {
             return Ok(None);
         }
-        let got = self
-            .fill(BATCH_HEADER_LEN)
-            .await
-            .map_err(|e| e.to_string())?;
-        let h = BatchHeader::decode(&self.avail()[..got]).map_err(|e| e.to_string())?;
+        let got = self.fill(BATCH_HEADER_LEN).await.map_err(HeaderError::Io)?;
+        let h = BatchHeader::decode(&self.avail()[..got])
+            .map_err(|e| HeaderError::Bad(format!("at {}: {e}", self.pos)))?;
         let total = h.total_len();
-        if h.magic != MAGIC_V2 || h.batch_length < 49 || total > max_batch_bytes {
-            return Err(format!(
+        if h.magic != MAGIC_V2
+            || h.batch_length < MIN_BATCH_LENGTH as i32
+            || total > max_batch_bytes
+        {
+            return Err(HeaderError::Bad(format!(
                 "no batch header at {} (magic {}, batch_length {})",
                 self.pos, h.magic, h.batch_length
-            ));
+            )));
         }
         if self.pos + total as u64 > self.limit {
-            return Err(format!(
+            return Err(HeaderError::Bad(format!(
                 "batch at {} runs past the readable end {}",
                 self.pos, self.limit
-            ));
+            )));
         }
         Ok(Some(h))
     }
+}
+
+/// Why [`Cursor::checked_header`] found no header.
+pub(crate) enum HeaderError {
+    /// The read failed.
+    Io(LogError),
+    /// The bytes are not a sane batch header (damaged; `limit` always lies on a batch
+    /// boundary, so a whole header is always there).
+    Bad(String),
+}
+
+/// Verifies the batch `h` at `pos` (read through the cursor's window): `Err(why)` if damaged.
+async fn verify_at<S: ByteSource>(
+    cur: &mut Cursor<'_, S>,
+    pos: u64,
+    h: &BatchHeader,
+    max_batch_bytes: usize,
+) -> Result<Result<(), String>, LogError> {
+    let b = cur.slice(pos, h.total_len()).await?;
+    Ok(match check_first(&b, max_batch_bytes) {
+        Ok(got) if got.base_offset == h.base_offset => Ok(()),
+        Ok(got) => Err(format!("base offset {} changed", got.base_offset)),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// Whether the batch after `h` (at `at`) starts before `h` ends by `h`'s offsets: then `h`'s
+/// base offset (outside its CRC) is damaged — a forward jump to it is no gap.
+async fn contradicted<S: ByteSource>(
+    cur: &mut Cursor<'_, S>,
+    at: u64,
+    h: &BatchHeader,
+    max_batch_bytes: usize,
+) -> Result<bool, LogError> {
+    let back = cur.pos;
+    cur.pos = at + h.total_len() as u64;
+    let r = cur.checked_header(max_batch_bytes).await;
+    cur.pos = back;
+    match r {
+        Ok(Some(n)) => Ok(n.base_offset <= h.last_offset()),
+        Ok(None) | Err(HeaderError::Bad(_)) => Ok(false),
+        Err(HeaderError::Io(e)) => Err(e),
+    }
+}
+
+/// Whether batch `h` (at the cursor), whose base offset is not `expect` (the offset after the
+/// batch walked over before it, `prev` = its position and header), follows a gap compaction
+/// left: it starts later, the batch before is intact (so its offset count is right), and the
+/// batch after it does not contradict its base offset.
+async fn gap_after<S: ByteSource>(
+    cur: &mut Cursor<'_, S>,
+    prev: Option<(u64, BatchHeader)>,
+    h: &BatchHeader,
+    expect: u64,
+    max_batch_bytes: usize,
+) -> Result<bool, LogError> {
+    match prev {
+        Some((ppos, ph)) if h.base_offset > expect as i64 => {
+            let at = cur.pos;
+            let ok = verify_at(cur, ppos, &ph, max_batch_bytes).await?.is_ok()
+                && !contradicted(cur, at, h, max_batch_bytes).await?;
+            cur.pos = at;
+            Ok(ok)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// [`gap_after`] for a walk that only kept the previous batch's position and base offset.
+async fn gap_at<S: ByteSource>(
+    cur: &mut Cursor<'_, S>,
+    prev: Option<(u64, u64)>,
+    h: &BatchHeader,
+    expect: u64,
+    max_batch_bytes: usize,
+) -> Result<bool, LogError> {
+    let Some((ppos, _)) = prev else {
+        return Ok(false);
+    };
+    let back = cur.pos;
+    cur.pos = ppos;
+    let ph = match cur.checked_header(max_batch_bytes).await {
+        Ok(Some(ph)) => ph,
+        Ok(None) | Err(HeaderError::Bad(_)) => {
+            cur.pos = back;
+            return Ok(false);
+        }
+        Err(HeaderError::Io(e)) => return Err(e),
+    };
+    cur.pos = back;
+    gap_after(cur, Some((ppos, ph)), h, expect, max_batch_bytes).await
 }
 
 fn mismatch(name: &str, pos: u64, reason: String) -> LogError {
@@ -182,11 +285,17 @@ pub(crate) struct Found {
     pub bytes: Bytes,
     pub base_offset: u64,
     pub next_offset: u64,
+    /// Damaged batches met on the way: the one the read was cut before, one walked over.
+    pub damaged: Vec<CorruptBatch>,
 }
 
 /// Whole batches from the one containing `offset`, starting the walk at `(pos, base)` (an
 /// index entry), up to `max_bytes` but at least one batch, never past `limit`. `None` when
 /// no batch containing `offset` (or after it) starts before `limit`.
+///
+/// Every batch returned is verified (bounds, magic, CRC-32C, record count, offsets following
+/// on); the result is cut before the first damaged one, and a damaged first batch — or a
+/// header that cannot be walked over before it — fails the read with [`LogError::Corrupt`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn read_batches<S: ByteSource>(
     src: &S,
@@ -202,33 +311,96 @@ pub(crate) async fn read_batches<S: ByteSource>(
     let window = max_bytes.saturating_add(slack);
     let mut cur = Cursor::new(src, pos, limit, window);
     let mut expect = base;
+    let mut damaged = Vec::new();
+    // The batch walked over last, to explain a gap in the offsets.
+    let mut prev: Option<(u64, BatchHeader)> = None;
     let first = loop {
-        let h = cur
-            .header(max_batch_bytes)
-            .await
-            .map_err(|r| mismatch(name, cur.pos, r))?;
-        let Some(h) = h else { return Ok(None) };
+        let at = cur.pos;
+        let h = match cur.checked_header(max_batch_bytes).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(HeaderError::Io(e)) => return Err(e),
+            Err(HeaderError::Bad(why)) => return Err(corrupt(name, at, expect, why).into()),
+        };
         if h.base_offset != expect as i64 {
-            return Err(mismatch(
-                name,
-                cur.pos,
-                format!("batch has base offset {}, expected {expect}", h.base_offset),
-            ));
+            // The batch walked over may be damaged in its offset count (under its CRC, not
+            // checked while walking): then its offsets are those up to this batch's base,
+            // and `offset` must not be one of them. If it is intact, a forward jump is a gap
+            // compaction left (whole batches removed).
+            let gap = prev.is_some()
+                && h.base_offset > expect as i64
+                && !contradicted(&mut cur, at, &h, max_batch_bytes).await?;
+            let explained = match prev {
+                Some((ppos, ph)) if h.base_offset > ph.base_offset => {
+                    verify_at(&mut cur, ppos, &ph, max_batch_bytes)
+                        .await?
+                        .err()
+                        .map(|why| corrupt(name, ppos, ph.base_offset as u64, why))
+                }
+                _ => None,
+            };
+            match explained {
+                Some(c) if h.base_offset as u64 <= offset => damaged.push(c),
+                Some(c) => return Err(c.into()),
+                None if gap => {}
+                None => {
+                    let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
+                    return Err(corrupt(name, at, expect, why).into());
+                }
+            }
         }
-        expect = h.last_offset() as u64 + 1;
         if h.last_offset() as u64 >= offset {
+            if (h.base_offset as u64) < offset {
+                // `offset` lies inside the batch by its offset count, which its CRC covers:
+                // check it now, and if it lies, whether the next batch holds `offset`.
+                if let Err(why) = verify_at(&mut cur, at, &h, max_batch_bytes).await? {
+                    let c = corrupt(name, at, h.base_offset as u64, why);
+                    cur.pos = at + h.total_len() as u64;
+                    match cur.checked_header(max_batch_bytes).await {
+                        Ok(Some(n))
+                            if n.base_offset > h.base_offset && n.base_offset as u64 <= offset =>
+                        {
+                            damaged.push(c);
+                            expect = n.base_offset as u64;
+                            prev = None;
+                            continue;
+                        }
+                        _ => return Err(c.into()),
+                    }
+                }
+            }
             break h;
         }
+        expect = h.last_offset() as u64 + 1;
+        prev = Some((at, h));
         cur.pos += h.total_len() as u64;
     };
+    let mut expect = first.last_offset() as u64 + 1;
     let start = cur.pos;
     let mut total = first.total_len();
     cur.pos += total as u64;
+    let mut cut = None;
     while total < max_bytes {
-        let Ok(Some(h)) = cur.header(max_batch_bytes).await else {
-            break;
+        let at = cur.pos;
+        let h = match cur.checked_header(max_batch_bytes).await {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(HeaderError::Io(_)) => break,
+            Err(HeaderError::Bad(why)) => {
+                cut = Some(corrupt(name, at, expect, why));
+                break;
+            }
         };
-        if h.base_offset != expect as i64 || total + h.total_len() > max_bytes {
+        if h.base_offset < expect as i64
+            || (h.base_offset > expect as i64
+                && contradicted(&mut cur, at, &h, max_batch_bytes).await?)
+        {
+            // (A forward jump is a gap compaction left — or the batch before is damaged in
+            // its offset count: the check below finds that one first.)
+            let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
+            cut = Some(corrupt(name, at, expect, why));
+            break;
+        }
+        if total + h.total_len() > max_bytes {
             break;
         }
         total += h.total_len();
@@ -243,16 +415,40 @@ pub(crate) async fn read_batches<S: ByteSource>(
             format!("{} of {total} bytes", bytes.len()),
         ));
     }
+    // Verify what goes out.
+    let mut end = 0;
+    let mut next = first.base_offset as u64;
+    while end < bytes.len() {
+        let why = match check_first(&bytes[end..], max_batch_bytes) {
+            // (A forward jump after a verified batch: a gap compaction left.)
+            Ok(h) if h.base_offset >= next as i64 => {
+                end += h.total_len();
+                next = h.last_offset() as u64 + 1;
+                continue;
+            }
+            Ok(h) => format!("batch has base offset {}, expected {next}", h.base_offset),
+            Err(e) => e.to_string(),
+        };
+        let c = corrupt(name, start + end as u64, next, why);
+        if end == 0 {
+            return Err(c.into());
+        }
+        cut = Some(c);
+        break;
+    }
+    damaged.extend(cut);
     Ok(Some(Found {
-        bytes,
+        bytes: bytes.slice(..end),
         base_offset: first.base_offset as u64,
-        next_offset: expect,
+        next_offset: next,
+        damaged,
     }))
 }
 
 /// The first batch from `(pos, base)` with a max timestamp `>= ts`, skipping batches that end
 /// before `from`, looking no further than `bound` and never at a batch at or beyond offset
-/// `below`.
+/// `below`. The batch returned is verified; a damaged one, or a header that cannot be walked
+/// over, fails with [`LogError::Corrupt`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn find_timestamp<S: ByteSource>(
     src: &S,
@@ -267,18 +463,20 @@ pub(crate) async fn find_timestamp<S: ByteSource>(
 ) -> Result<Option<Found>, LogError> {
     let mut cur = Cursor::new(src, pos, bound, 64 * 1024);
     let mut expect = base;
+    let mut prev = None;
     loop {
-        let h = cur
-            .header(max_batch_bytes)
-            .await
-            .map_err(|r| mismatch(name, cur.pos, r))?;
-        let Some(h) = h else { return Ok(None) };
-        if h.base_offset != expect as i64 {
-            return Err(mismatch(
-                name,
-                cur.pos,
-                format!("batch has base offset {}, expected {expect}", h.base_offset),
-            ));
+        let at = cur.pos;
+        let h = match cur.checked_header(max_batch_bytes).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(HeaderError::Io(e)) => return Err(e),
+            Err(HeaderError::Bad(why)) => return Err(corrupt(name, at, expect, why).into()),
+        };
+        if h.base_offset != expect as i64
+            && !gap_after(&mut cur, prev, &h, expect, max_batch_bytes).await?
+        {
+            let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
+            return Err(corrupt(name, at, expect, why).into());
         }
         if h.base_offset as u64 >= below {
             return Ok(None);
@@ -286,15 +484,26 @@ pub(crate) async fn find_timestamp<S: ByteSource>(
         let next = h.last_offset() as u64 + 1;
         if h.max_timestamp >= ts && next > from {
             let len = h.total_len();
-            let at = cur.pos;
             let bytes = cur.slice(at, len).await?;
+            if bytes.len() != len {
+                return Err(mismatch(
+                    name,
+                    at,
+                    format!("{} of {len} bytes", bytes.len()),
+                ));
+            }
+            if let Err(e) = check_first(&bytes, max_batch_bytes) {
+                return Err(corrupt(name, at, expect, e.to_string()).into());
+            }
             return Ok(Some(Found {
                 bytes,
-                base_offset: expect,
+                base_offset: h.base_offset as u64,
                 next_offset: next,
+                damaged: Vec::new(),
             }));
         }
         expect = next;
+        prev = Some((at, h));
         cur.pos += h.total_len() as u64;
     }
 }
@@ -334,17 +543,25 @@ pub(crate) async fn walk_to<S: ByteSource>(
         if expect > offset {
             return Ok(Err(()));
         }
-        let h = cur
-            .header(max_batch_bytes)
-            .await
-            .map_err(|r| mismatch(name, cur.pos, r))?;
-        let Some(h) = h else { return Ok(Err(())) };
+        let at = cur.pos;
+        let h = match cur.checked_header(max_batch_bytes).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(Err(())),
+            Err(HeaderError::Io(e)) => return Err(e),
+            Err(HeaderError::Bad(why)) => return Err(corrupt(name, at, expect, why).into()),
+        };
         if h.base_offset != expect as i64 {
-            return Err(mismatch(
-                name,
-                cur.pos,
-                format!("batch has base offset {}, expected {expect}", h.base_offset),
-            ));
+            let prev = out.last.map(|l| (l.pos, l.base_offset));
+            if !gap_at(&mut cur, prev, &h, expect, max_batch_bytes).await? {
+                let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
+                return Err(corrupt(name, at, expect, why).into());
+            }
+            // A gap compaction left: `offset` is a boundary only if a batch starts there.
+            expect = h.base_offset as u64;
+            if expect >= offset {
+                out.pos = at;
+                return Ok(if expect == offset { Ok(out) } else { Err(()) });
+            }
         }
         out.max_ts = out.max_ts.max(h.max_timestamp);
         out.last = Some(LastBatch {
@@ -370,7 +587,10 @@ pub(crate) struct Scanned {
     pub last_batch: Option<LastBatch>,
     /// The file's bytes `[align_down(end), end)`.
     pub tail: Bytes,
+    /// Why the scan stopped before the end of the file (the torn or corrupt end).
     pub corrupt: Option<CorruptTail>,
+    /// Isolated damaged batches stepped over (see [`resync`]): kept, indexed, never served.
+    pub damaged: Vec<CorruptBatch>,
 }
 
 /// Where a verifying scan starts: at a batch boundary, with what is known before it.
@@ -384,8 +604,10 @@ pub(crate) struct ScanFrom {
 }
 
 /// Scans a segment file from `from` to `size`, validating every batch (bounds, magic,
-/// CRC-32C, record count, offsets following on) and extending the sparse index. The first
-/// bad byte ends the scan; zero padding within the last page is a clean end.
+/// CRC-32C, record count, offsets following on) and extending the sparse index. A damaged
+/// batch that is followed by valid data is stepped over and reported ([`resync`]); any other
+/// bad byte ends the scan (a torn or unwritten end); zero padding within the last page is a
+/// clean end.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn scan_verify<F: SegmentFile>(
     file: &F,
@@ -407,11 +629,12 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
         mut last_batch,
     } = from;
     let mut batches = 0usize;
+    let mut damaged = Vec::new();
     // The first window starts at the tail page, which the appender needs anyway.
     let mut cur = Cursor::new(&src, align_down(pos), size, read_bytes);
     cur.fill((pos - align_down(pos)) as usize + BATCH_HEADER_LEN)
         .await?;
-    let corrupt = loop {
+    let end_reason = loop {
         if pos == size {
             break None;
         }
@@ -429,16 +652,17 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
             }
             other => other,
         };
-        match verdict {
-            Ok(h) => {
-                if h.base_offset != next as i64 {
-                    break Some(CorruptTail::OffsetMismatch {
-                        expected: next,
-                        found: h.base_offset,
-                    });
-                }
+        let reason = match verdict {
+            // Every batch is verified, the one before too: a forward jump is a gap compaction
+            // left (whole batches removed).
+            Ok(h)
+                if h.base_offset == next as i64
+                    || (h.base_offset > next as i64
+                        && !contradicted(&mut cur, pos, &h, max_batch_bytes).await?) =>
+            {
+                next = h.base_offset as u64;
                 let len = h.total_len() as u64;
-                if first_timestamp == NO_TIMESTAMP && next == base_offset {
+                if first_timestamp == NO_TIMESTAMP && pos == 0 {
                     first_timestamp = h.max_timestamp;
                 }
                 index.note_batch(
@@ -457,7 +681,12 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
                 batches += 1;
                 next = h.last_offset() as u64 + 1;
                 pos += len;
+                continue;
             }
+            Ok(h) => CorruptTail::OffsetMismatch {
+                expected: next,
+                found: h.base_offset,
+            },
             Err(e) => {
                 // Zero padding of the tail page after the last batch is a clean end.
                 if size <= align_up(pos) {
@@ -467,9 +696,39 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
                         break None;
                     }
                 }
-                break Some(CorruptTail::Batch(e));
+                CorruptTail::Batch(e)
             }
-        }
+        };
+        let Some(skip) = resync(&mut cur, pos, next, size, max_batch_bytes).await? else {
+            break Some(reason);
+        };
+        let why = match &reason {
+            CorruptTail::Batch(e) => e.to_string(),
+            CorruptTail::OffsetMismatch { expected, found } => {
+                format!("batch has base offset {found}, expected {expected}")
+            }
+            other => format!("{other:?}"),
+        };
+        tracing::warn!(segment = %name, pos, offset = next, %why,
+            "damaged batch inside the data: kept (reads refuse it), scanning on");
+        damaged.push(corrupt(name, pos, next, why));
+        // Indexed like any batch, so the offsets after it stay reachable; its timestamps
+        // are not trusted.
+        index.note_batch(
+            (next - base_offset) as u32,
+            pos as u32,
+            max_ts,
+            index_interval,
+        );
+        last_batch = Some(LastBatch {
+            base_offset: next,
+            pos,
+            len: skip.len,
+            crc: skip.crc,
+        });
+        batches += 1;
+        next = skip.next_offset;
+        pos += u64::from(skip.len);
     };
     let tail_start = align_down(pos);
     let tail = cur.slice(tail_start, (pos - tail_start) as usize).await?;
@@ -485,6 +744,96 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
         first_timestamp,
         last_batch,
         tail,
-        corrupt,
+        corrupt: end_reason,
+        damaged,
     })
+}
+
+/// A damaged batch recovery steps over.
+struct Skip {
+    len: u32,
+    /// Its stored CRC field (what [`LastBatch`] records).
+    crc: u32,
+    /// The base offset of the valid batch after it.
+    next_offset: u64,
+}
+
+/// Whether the batch at `pos` (expected to start at offset `expected`), which failed
+/// verification, is isolated damage inside the data — a flipped bit in acknowledged bytes —
+/// rather than the torn or unwritten end of the log:
+///
+/// * its framing is intact: magic 2, a sane length ending inside the file, and the expected
+///   base offset (or, when only the base offset is off, a valid CRC);
+/// * no aligned page inside it is all zeros (a write that never reached the disk: what a
+///   power cut leaves, and a torn write's tail);
+/// * a valid batch (CRC-32C and all) starts right after it, with a later base offset, at
+///   most one offset per byte of the damaged batch later.
+///
+/// Then the damaged batch is kept — reads refuse it, everything around it is served — instead
+/// of cutting everything after it. Any other damage is treated as the end of the log.
+async fn resync<S: ByteSource>(
+    cur: &mut Cursor<'_, S>,
+    pos: u64,
+    expected: u64,
+    size: u64,
+    max_batch_bytes: usize,
+) -> Result<Option<Skip>, LogError> {
+    const PAGE: u64 = crate::dma::DMA_ALIGNMENT_BYTES as u64;
+    cur.pos = pos;
+    if cur.fill(BATCH_HEADER_LEN).await? < BATCH_HEADER_LEN {
+        return Ok(None);
+    }
+    let Ok(h) = BatchHeader::decode(cur.avail()) else {
+        return Ok(None);
+    };
+    let len = h.total_len();
+    if h.magic != MAGIC_V2
+        || h.batch_length < MIN_BATCH_LENGTH as i32
+        || len > max_batch_bytes
+        || pos + (len + BATCH_HEADER_LEN) as u64 > size
+    {
+        return Ok(None);
+    }
+    if cur.fill(len).await? < len {
+        return Ok(None);
+    }
+    let bad = &cur.avail()[..len];
+    if h.base_offset != expected as i64 && check_first(bad, max_batch_bytes).is_err() {
+        return Ok(None);
+    }
+    let after = pos + len as u64;
+    let mut page = align_up(pos);
+    while page + PAGE <= after {
+        let at = (page - pos) as usize;
+        if bad[at..at + PAGE as usize].iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        page += PAGE;
+    }
+    cur.pos = after;
+    if cur.fill(BATCH_HEADER_LEN).await? < BATCH_HEADER_LEN {
+        return Ok(None);
+    }
+    let Ok(h2) = BatchHeader::decode(cur.avail()) else {
+        return Ok(None);
+    };
+    if h2.batch_length < MIN_BATCH_LENGTH as i32 || h2.total_len() > max_batch_bytes {
+        return Ok(None);
+    }
+    let len2 = h2.total_len();
+    if after + len2 as u64 > size || cur.fill(len2).await? < len2 {
+        return Ok(None);
+    }
+    let Ok(h2) = check_first(cur.avail(), max_batch_bytes) else {
+        return Ok(None);
+    };
+    let gap = h2.base_offset - expected as i64;
+    if gap <= 0 || gap > len as i64 {
+        return Ok(None);
+    }
+    Ok(Some(Skip {
+        len: len as u32,
+        crc: h.crc,
+        next_offset: h2.base_offset as u64,
+    }))
 }

@@ -266,10 +266,10 @@ fn prefix_truncation_deletes_whole_segments() {
     assert_eq!(report.log_start_offset, 3);
 }
 
-#[test]
-fn recovery_cuts_a_corrupt_batch_and_deletes_later_segments() {
-    let dir = FaultyDir::new(1);
-    let (mut log, _) = open(&dir);
+/// Nine 1-record batches of one size in three segments; the second segment is left without
+/// index files and checkpoint, so recovery scans it like one a crash left unindexed.
+fn three_segments_second_unindexed(dir: &FaultyDir) -> (Vec<String>, u64, u64) {
+    let (mut log, _) = open(dir);
     for i in 0..9 {
         log.append(&batch(1, 5000, i), 1).unwrap();
     }
@@ -277,28 +277,69 @@ fn recovery_cuts_a_corrupt_batch_and_deletes_later_segments() {
     let names: Vec<String> = log.segments().map(|s| s.name().to_string()).collect();
     assert_eq!(names.len(), 3);
     let len = batch(1, 5000, 0).len() as u64;
-    let second_base = log.segments().nth(1).unwrap().base_offset() + 1;
+    let second_base = log.segments().nth(1).unwrap().base_offset();
     drop(log);
-    // Closed segments are trusted through their index files and the checkpoint: remove
-    // them, so the second segment is scanned like one a crash left without an index.
     for n in [
         manifest::FILE.to_string(),
         names[1].replace(".log", ".index"),
     ] {
         block_on(dir.remove(&n)).unwrap();
     }
-    // Flip a byte inside the second batch of the second segment.
-    dir.corrupt(&names[1], len as usize + 100, &[0xff]);
+    (names, len, second_base)
+}
+
+#[test]
+fn recovery_keeps_a_damaged_batch_inside_the_data_and_reads_refuse_it() {
+    let dir = FaultyDir::new(1);
+    let (names, len, second_base) = three_segments_second_unindexed(&dir);
+    // Flip a byte inside the second batch of the second segment: a valid batch follows, so
+    // this is damage inside the data, not a torn end. Nothing is cut.
+    flip(&dir, &names[1], len as usize + 100);
+    let (log, report) = open(&dir);
+    assert!(report.truncated.is_none(), "{report:?}");
+    assert!(report.deleted_segments.is_empty());
+    let bad = second_base + 1;
+    assert_eq!(report.damaged_batches.len(), 1);
+    let d = &report.damaged_batches[0];
+    assert_eq!(
+        (d.segment.as_str(), d.pos, d.offset),
+        (names[1].as_str(), len, bad)
+    );
+    assert_eq!(log.log_end_offset(), 9);
+    // Reported once to the owner (at open), whatever reads run into it later.
+    assert_eq!(log.take_corruptions(), report.damaged_batches);
+    // Served up to it, then refused, then served again after it.
+    let r = block_on(log.read(second_base, usize::MAX)).unwrap();
+    assert_eq!((r.base_offset, r.next_offset), (second_base, bad));
+    assert_corrupt(block_on(log.read(bad, usize::MAX)), &names[1], len, bad);
+    let r = block_on(log.read(bad + 1, usize::MAX)).unwrap();
+    assert_eq!((r.base_offset, r.next_offset), (bad + 1, second_base + 3));
+    assert!(log.take_corruptions().is_empty());
+    assert_eq!(log.corrupt_batches(), 1);
+    // Recovering again keeps it (and finds it again).
+    drop(log);
+    let (log, report) = open(&dir);
+    assert!(report.truncated.is_none());
+    assert_eq!(report.damaged_batches.len(), 1);
+    assert_eq!(log.log_end_offset(), 9);
+}
+
+#[test]
+fn recovery_cuts_at_a_damaged_batch_header_and_deletes_later_segments() {
+    let dir = FaultyDir::new(1);
+    let (names, len, second_base) = three_segments_second_unindexed(&dir);
+    // Damaged framing (the length field) cannot be stepped over: treated as the end.
+    flip(&dir, &names[1], len as usize + 9);
     let (log, report) = open(&dir);
     let t = report.truncated.unwrap();
     assert_eq!(t.segment, names[1]);
     assert_eq!(t.file_pos, len);
     assert!(matches!(
         t.reason,
-        CorruptTail::Batch(BatchError::Crc { .. })
+        CorruptTail::Batch(BatchError::BatchLength { .. })
     ));
     assert_eq!(report.deleted_segments, vec![names[2].clone()]);
-    assert_eq!(log.log_end_offset(), second_base);
+    assert_eq!(log.log_end_offset(), second_base + 1);
     assert_eq!(dir.contents(&names[1]).unwrap().len() as u64, len);
     assert!(dir.contents(&names[2]).is_none());
     assert!(!dir.exists(&names[2].replace(".log", ".index")));
@@ -1472,4 +1513,334 @@ fn dma_append_flush_reopen_read() {
         log.close().await.unwrap();
         dir.close().await.unwrap();
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Damaged data on disk: reads verify, recovery keeps isolated damage.
+
+/// Flips every bit of byte `pos` of `name` (current and durable).
+fn flip(dir: &FaultyDir, name: &str, pos: usize) {
+    let b = dir.contents(name).unwrap()[pos];
+    dir.corrupt(name, pos, &[!b]);
+}
+
+#[track_caller]
+fn assert_corrupt(r: Result<ReadBatches, LogError>, segment: &str, pos: u64, offset: u64) {
+    match r {
+        Err(LogError::Corrupt {
+            segment: s,
+            pos: p,
+            offset: o,
+            detail,
+        }) => {
+            assert_eq!((s.as_str(), p, o), (segment, pos, offset), "{detail}");
+        }
+        other => panic!("expected a corrupt batch at {segment}:{pos} (offset {offset}): {other:?}"),
+    }
+}
+
+/// Where batch `offset` of a log of 1-record batches `want` lies: `(segment, position)`.
+fn batch_at(log: &PartitionLog<FaultyDir>, want: &[Bytes], offset: u64) -> (String, u64) {
+    let seg = log
+        .segments()
+        .filter(|s| s.base_offset() <= offset)
+        .last()
+        .unwrap();
+    let pos = want[seg.base_offset() as usize..offset as usize]
+        .iter()
+        .map(|b| b.len() as u64)
+        .sum();
+    (seg.name().to_string(), pos)
+}
+
+/// Reads everything from the start, `max_bytes` at a time, stopping at the first error;
+/// every byte served must be a valid batch.
+fn read_until_error(
+    log: &PartitionLog<FaultyDir>,
+    max_bytes: usize,
+) -> (Vec<Bytes>, Option<LogError>) {
+    let mut out = Vec::new();
+    let mut at = log.log_start_offset();
+    while at < log.stable_offset() {
+        match block_on(log.read(at, max_bytes)) {
+            Ok(r) => {
+                assert!(!r.bytes.is_empty(), "nothing readable at {at}");
+                split_batches(&r.bytes, &mut out);
+                at = r.next_offset;
+            }
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+#[test]
+fn clean_restart_serves_up_to_a_flipped_byte_in_a_closed_segment_and_reports_it_once() {
+    let dir = FaultyDir::new(21);
+    let (mut log, _) = open(&dir);
+    let want = fill_segments(&mut log, 40);
+    let bad = 12;
+    let (seg, pos) = batch_at(&log, &want, bad);
+    assert_ne!(
+        &seg,
+        log.segments().last().unwrap().name(),
+        "a closed segment"
+    );
+    block_on(log.close()).unwrap();
+    flip(&dir, &seg, pos as usize + 1000);
+    let (mut log, report) = open(&dir);
+    // The clean restart reads no closed segment: nothing found yet.
+    assert_eq!(report.batches, 0);
+    assert!(report.damaged_batches.is_empty() && report.truncated.is_none());
+    let cache = BatchCache::new(1 << 20);
+    log.attach_cache(&cache);
+    for max_bytes in [usize::MAX, 1, 7000] {
+        let (got, err) = read_until_error(&log, max_bytes);
+        assert_eq!(got, want[..bad as usize], "max_bytes {max_bytes}");
+        assert_corrupt(Err(err.unwrap()), &seg, pos, bad);
+    }
+    let found = log.take_corruptions();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].segment.as_str(), found[0].pos, found[0].offset),
+        (seg.as_str(), pos, bad)
+    );
+    assert!(found[0].detail.contains("crc"), "{}", found[0].detail);
+    // Everything after it is served; the cache never holds it.
+    let r = block_on(log.read(bad + 1, usize::MAX)).unwrap();
+    assert_eq!(r.base_offset, bad + 1);
+    assert_corrupt(block_on(log.read(bad, 1)), &seg, pos, bad);
+    assert!(!log.plan_read(bad, 1).unwrap().is_cached());
+    assert!(log.take_corruptions().is_empty());
+    assert_eq!(log.corrupt_batches(), 1);
+    // A lookup by time that lands on it fails the same way.
+    let ts = T0 + bad as i64 * 1000;
+    match block_on(log.find_timestamp(ts, 40)) {
+        Err(LogError::Corrupt { offset, .. }) => assert_eq!(offset, bad),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        block_on(log.find_timestamp(ts + 1, 40))
+            .unwrap()
+            .unwrap()
+            .base_offset,
+        bad + 1
+    );
+}
+
+#[test]
+fn clean_restart_serves_up_to_a_flipped_byte_in_the_active_segment_and_appends_go_on() {
+    let dir = FaultyDir::new(22);
+    let (mut log, _) = open(&dir);
+    let mut want = fill_segments(&mut log, 33);
+    let active = log.segments().last().unwrap();
+    let first = active.base_offset();
+    assert!(
+        log.log_end_offset() - first >= 3,
+        "a few batches in the active segment"
+    );
+    let bad = first + 1;
+    let (seg, pos) = batch_at(&log, &want, bad);
+    block_on(log.close()).unwrap();
+    flip(&dir, &seg, pos as usize + 2000);
+    let (mut log, report) = open(&dir);
+    // Trusted from the clean close's checkpoint: not scanned, not cut.
+    assert!(
+        report.truncated.is_none() && report.batches == 0,
+        "{report:?}"
+    );
+    let b = batch(1, 100, 77);
+    let a = log.append(&b, 1).unwrap();
+    block_on(log.flush()).unwrap();
+    want.push(b.stamped(a.base_offset as i64, 1).into_bytes());
+    let (got, err) = read_until_error(&log, usize::MAX);
+    assert_eq!(got, want[..bad as usize]);
+    assert_corrupt(Err(err.unwrap()), &seg, pos, bad);
+    let r = block_on(log.read(bad + 1, usize::MAX)).unwrap();
+    let mut after = Vec::new();
+    split_batches(&r.bytes, &mut after);
+    assert_eq!(after, want[bad as usize + 1..]);
+    assert_eq!(log.take_corruptions().len(), 1);
+}
+
+#[test]
+fn crash_then_a_flipped_byte_inside_the_active_segment_is_kept_not_cut() {
+    let dir = FaultyDir::new(23);
+    let (mut log, _) = open(&dir);
+    let want = fill_segments(&mut log, 33);
+    let first = log.segments().last().unwrap().base_offset();
+    let end = log.log_end_offset();
+    let bad = first + 1;
+    let (seg, pos) = batch_at(&log, &want, bad);
+    drop(log);
+    dir.crash(CrashMode::DropUnsynced);
+    flip(&dir, &seg, pos as usize + 2000);
+    let (log, report) = open(&dir);
+    assert!(report.truncated.is_none(), "{report:?}");
+    assert_eq!(log.log_end_offset(), end, "acknowledged data kept");
+    assert_eq!(report.damaged_batches.len(), 1);
+    assert_eq!(report.damaged_batches[0].offset, bad);
+    let (got, err) = read_until_error(&log, usize::MAX);
+    assert_eq!(got, want[..bad as usize]);
+    assert_corrupt(Err(err.unwrap()), &seg, pos, bad);
+    assert_eq!(log.take_corruptions().len(), 1);
+    // A damaged *last* batch cannot be told from a torn write: it is cut, and because the
+    // checkpoint saw it durable, reported as damage too.
+    drop(log);
+    flip(&dir, &seg, pos as usize + 2000);
+    let (log, _) = open(&dir);
+    let (seg, pos) = batch_at(&log, &want, end - 1);
+    drop(log);
+    dir.crash(CrashMode::DropUnsynced);
+    flip(&dir, &seg, pos as usize + 100);
+    let (log, report) = open(&dir);
+    assert_eq!(report.truncated.unwrap().file_pos, pos);
+    assert_eq!(log.log_end_offset(), end - 1);
+    let found = log.take_corruptions();
+    assert!(
+        found
+            .iter()
+            .any(|c| c.offset == end - 1 && c.detail.contains("durable end")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn damaged_index_files_and_a_damaged_closed_segment() {
+    let dir = FaultyDir::new(24);
+    let (mut log, _) = open(&dir);
+    let want = fill_segments(&mut log, 40);
+    let bad = 7;
+    let (seg, pos) = batch_at(&log, &want, bad);
+    block_on(log.close()).unwrap();
+    // The index files of the segment are damaged as well: the first read rebuilds the
+    // index by scanning, which steps over the damaged batch.
+    dir.corrupt(&seg.replace(".log", ".index"), 10, &[0xEE]);
+    flip(&dir, &seg, pos as usize + 500);
+    let (log, _) = open(&dir);
+    let (got, err) = read_until_error(&log, usize::MAX);
+    assert_eq!(got, want[..bad as usize]);
+    assert_corrupt(Err(err.unwrap()), &seg, pos, bad);
+    assert_eq!(
+        block_on(log.read(bad + 1, 1)).unwrap().bytes,
+        want[bad as usize + 1]
+    );
+    assert_eq!(log.take_corruptions().len(), 1);
+}
+
+#[test]
+fn damage_outside_the_crc_and_in_walked_over_headers() {
+    // One index entry per segment: reads walk over the batches before the one asked for.
+    let config = LogConfig {
+        index_interval_bytes: 1 << 20,
+        ..cfg()
+    };
+    let dir = FaultyDir::new(25);
+    let (mut log, _) = block_on(PartitionLog::open(dir.clone(), config.clone())).unwrap();
+    let want = fill_segments(&mut log, 40);
+    block_on(log.close()).unwrap();
+    let reopen = || {
+        block_on(PartitionLog::open(dir.clone(), config.clone()))
+            .unwrap()
+            .0
+    };
+    let log = reopen();
+    // The base offset field lies outside the CRC: the offsets that must follow on catch it.
+    let (seg, pos) = batch_at(&log, &want, 12);
+    let base = log
+        .segments()
+        .find(|s| s.name() == seg)
+        .unwrap()
+        .base_offset();
+    assert!(base < 12);
+    flip(&dir, &seg, pos as usize + 7);
+    assert_corrupt(block_on(log.read(12, usize::MAX)), &seg, pos, 12);
+    let r = block_on(log.read(base, usize::MAX)).unwrap();
+    assert_eq!(r.next_offset, 12, "cut before it");
+    // The offset count lies under the CRC, so a walk cannot trust it: a damaged batch walked
+    // over does not hide the batches after it, and never hands out its own offsets.
+    let (seg, pos) = batch_at(&log, &want, 23);
+    let base = log
+        .segments()
+        .find(|s| s.name() == seg)
+        .unwrap()
+        .base_offset();
+    assert!(base < 23 && log.segments().any(|s| s.base_offset() > 24));
+    flip(&dir, &seg, pos as usize + 26);
+    let log = reopen();
+    assert_eq!(block_on(log.read(24, 1)).unwrap().bytes, want[24]);
+    assert_corrupt(block_on(log.read(23, 1)), &seg, pos, 23);
+    let found = log.take_corruptions();
+    assert_eq!(found.len(), 1, "{found:?}");
+}
+
+#[test]
+fn dma_io_cap_below_the_write_chunk_splits_reads_and_writes() {
+    use super::file::DmaDir;
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/storage-tests");
+    std::fs::create_dir_all(&base).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("dma-cap-")
+        .tempdir_in(&base)
+        .unwrap();
+    let data_dir = tmp.path().to_path_buf();
+    let sentinel = crate::dma::prepare_sentinel(&data_dir).unwrap();
+    let ex = glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .make()
+        .unwrap();
+    ex.run(async move {
+        let part = data_dir.join("topic-0");
+        // A device taking 8 KiB at once: the appender's 128 KiB chunks shrink to it, reads
+        // and small files are split.
+        let dir = DmaDir::open_capped(&part, &sentinel, 8 * 1024)
+            .await
+            .unwrap();
+        assert_eq!(dir.max_io_bytes(), 8 * 1024);
+        let (mut log, _) = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.config().write_chunk_bytes, 8 * 1024);
+        let mut want = Vec::new();
+        for i in 0..6u8 {
+            let b = batch(3, 7000 + usize::from(i) * 1000, i);
+            let a = log.append(&b, 1).unwrap();
+            want.push(b.stamped(a.base_offset as i64, 1).into_bytes());
+        }
+        log.flush().await.unwrap();
+        let r = log.read(0, 1 << 20).await.unwrap();
+        let mut got = Vec::new();
+        split_batches(&r.bytes, &mut got);
+        assert_eq!(got, want);
+        log.close().await.unwrap();
+        let (log, report) = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert!(report.truncated.is_none(), "{report:?}");
+        let r = log.read(0, 1 << 20).await.unwrap();
+        assert_eq!(r.bytes.len(), want.iter().map(Bytes::len).sum::<usize>());
+        log.close().await.unwrap();
+        dir.close().await.unwrap();
+    });
+}
+
+#[test]
+fn damaged_start_of_a_closed_segment_without_usable_index_files() {
+    let dir = FaultyDir::new(26);
+    let (mut log, _) = open(&dir);
+    let want = fill_segments(&mut log, 40);
+    let seg = log.segments().nth(2).unwrap();
+    let (name, base, next) = (seg.name().to_string(), seg.base_offset(), seg.next_offset());
+    block_on(log.close()).unwrap();
+    // The length field of its first batch, and its index files: nothing to walk from.
+    dir.corrupt(&name.replace(".log", ".index"), 10, &[0xEE]);
+    flip(&dir, &name, 9);
+    let (log, _) = open(&dir);
+    let (got, err) = read_until_error(&log, usize::MAX);
+    assert_eq!(got, want[..base as usize]);
+    assert_corrupt(Err(err.unwrap()), &name, 0, base);
+    // The segments after it are served.
+    let r = block_on(log.read(next, usize::MAX)).unwrap();
+    assert_eq!(r.base_offset, next);
+    assert_eq!(log.take_corruptions().len(), 1);
 }
