@@ -115,6 +115,9 @@ pub struct Config {
     pub batch_cache_bytes: u64,
     /// How often a shard applies retention and segment.ms rolls.
     pub log_retention_check_interval: Duration,
+    /// Cap on one I/O of the segment files: the data dir's device `max_sectors_kb`, read at
+    /// start (`spate_storage::dma::device_max_io`); the 128 KiB default until then.
+    pub max_io_bytes: usize,
 }
 
 /// The group coordinator's settings (Kafka's `group.*` and `offsets.*` broker configs).
@@ -352,6 +355,7 @@ impl Config {
             shutdown_timeout: Duration::from_millis(shutdown_ms),
             default_partitions,
             default_replication_factor,
+            max_io_bytes: spate_storage::log::file::MAX_IO_BYTES,
         })
     }
 }

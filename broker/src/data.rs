@@ -102,6 +102,18 @@ pub async fn fetch_local(shard: &Shard, items: Vec<FetchItem>) -> Vec<FetchOutco
         }
         let (error, records) = match p.read(item.offset, item.max_bytes, !any).await {
             Ok(r) => (ResponseError::Unknown(0), r),
+            // The first batch at the offset is damaged on disk (logged and counted once by
+            // the partition). Kafka answers a CorruptRecordException on read with
+            // CORRUPT_MESSAGE and unknown (-1) offsets, like any failed partition read.
+            Err(e) if e.is_corrupt() => {
+                out.push(FetchOutcome {
+                    error: ResponseError::CorruptMessage,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    records: Default::default(),
+                });
+                continue;
+            }
             Err(e) => {
                 warn!(topic = %p.topic, partition = item.key.1, error = %e, "read failed");
                 (ResponseError::KafkaStorageError, Default::default())

@@ -2,6 +2,7 @@
 //! the `spated` binary. See the crate's README.md for where each type lives.
 
 pub mod admin;
+pub mod compaction;
 pub mod config;
 pub mod data;
 pub mod groups;

@@ -21,3 +21,10 @@ pub const REPLICATION_FACTOR_MAX: i16 = 16;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Messages queued per shard-to-shard direction before senders wait.
 pub const MESH_QUEUE_MAX: usize = 1024;
+/// Memory one log compaction's key map may take per shard (Kafka's
+/// `log.cleaner.dedupe.buffer.size` is 128 MiB for all cleaner threads): 32 MiB at about 48
+/// bytes per key (a 16-byte key hash, the offset, the hash table's slack) maps ~700k keys in
+/// one pass; a partition with more dirty keys is compacted a prefix at a time.
+pub const COMPACTION_MAP_BYTES: usize = 32 << 20;
+/// Bytes one key of the compaction map is counted as (see [`COMPACTION_MAP_BYTES`]).
+pub const COMPACTION_MAP_BYTES_PER_KEY: usize = 48;

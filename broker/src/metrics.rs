@@ -26,12 +26,17 @@ struct Families {
     partition_fetch_bytes: IntCounterVec,
     partition_high_watermark: IntGaugeVec,
     partition_log_start: IntGaugeVec,
+    corrupt_batches: IntCounterVec,
     reactor_stalls: IntCounterVec,
     reactor_lag: HistogramVec,
     mesh_pending: IntGaugeVec,
     fetch_sessions: IntGaugeVec,
     consumer_groups: IntGaugeVec,
     retention_segments: IntCounterVec,
+    compaction_runs: IntCounterVec,
+    compaction_removed_records: IntCounterVec,
+    compaction_removed_bytes: IntCounterVec,
+    compaction_seconds: HistogramVec,
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
     cache_resident: IntGaugeVec,
@@ -110,6 +115,13 @@ fn families() -> &'static Families {
                 &["topic", "partition"]
             )
             .expect("metric registers once"),
+            corrupt_batches: register_int_counter_vec!(
+                "spate_storage_corrupt_batches_total",
+                "Damaged record batches found on disk (by reads, index rebuilds, recovery), each \
+                 counted once; they are never served (fetches get CORRUPT_MESSAGE)",
+                &["topic", "partition"]
+            )
+            .expect("metric registers once"),
             reactor_stalls: register_int_counter_vec!(
                 "spate_reactor_stalls_total",
                 "Reactor-lag probe wakeups more than 25 ms late: a task held the shard's reactor",
@@ -145,6 +157,31 @@ fn families() -> &'static Families {
                 "spate_retention_deleted_segments_total",
                 "Segments deleted by retention (retention.ms / retention.bytes)",
                 &["shard"]
+            )
+            .expect("metric registers once"),
+            compaction_runs: register_int_counter_vec!(
+                "spate_compaction_runs_total",
+                "Log compactions of cleanup.policy=compact partitions, by outcome",
+                &["shard", "outcome"]
+            )
+            .expect("metric registers once"),
+            compaction_removed_records: register_int_counter_vec!(
+                "spate_compaction_removed_records_total",
+                "Records removed by log compaction (superseded values and expired tombstones)",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            compaction_removed_bytes: register_int_counter_vec!(
+                "spate_compaction_removed_bytes_total",
+                "Segment bytes reclaimed by log compaction",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            compaction_seconds: register_histogram_vec!(
+                "spate_compaction_seconds",
+                "Duration of one partition's log compaction",
+                &["shard"],
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0]
             )
             .expect("metric registers once"),
             cache_hits: register_int_counter_vec!(
@@ -189,6 +226,13 @@ pub struct ShardMetrics {
     pub fetch_sessions: IntGauge,
     pub consumer_groups: IntGauge,
     pub retention_segments: IntCounter,
+    /// Compactions that rewrote segments / found nothing to do / failed.
+    pub compaction_done: IntCounter,
+    pub compaction_abandoned: IntCounter,
+    pub compaction_failed: IntCounter,
+    pub compaction_removed_records: IntCounter,
+    pub compaction_removed_bytes: IntCounter,
+    pub compaction_seconds: Histogram,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_resident: IntGauge,
@@ -202,6 +246,7 @@ pub struct PartitionMetrics {
     pub fetch_bytes: IntCounter,
     pub high_watermark: IntGauge,
     pub log_start_offset: IntGauge,
+    pub corrupt_batches: IntCounter,
 }
 
 impl PartitionMetrics {
@@ -214,6 +259,7 @@ impl PartitionMetrics {
             fetch_bytes: f.partition_fetch_bytes.with_label_values(&l),
             high_watermark: f.partition_high_watermark.with_label_values(&l),
             log_start_offset: f.partition_log_start.with_label_values(&l),
+            corrupt_batches: f.corrupt_batches.with_label_values(&l),
             labels,
         }
     }
@@ -226,6 +272,7 @@ impl PartitionMetrics {
         let _ = f.partition_fetch_bytes.remove_label_values(&l);
         let _ = f.partition_high_watermark.remove_label_values(&l);
         let _ = f.partition_log_start.remove_label_values(&l);
+        let _ = f.corrupt_batches.remove_label_values(&l);
     }
 }
 
@@ -256,6 +303,12 @@ impl ShardMetrics {
             fetch_sessions: f.fetch_sessions.with_label_values(&[&s]),
             consumer_groups: f.consumer_groups.with_label_values(&[&s]),
             retention_segments: f.retention_segments.with_label_values(&[&s]),
+            compaction_done: f.compaction_runs.with_label_values(&[&s, "done"]),
+            compaction_abandoned: f.compaction_runs.with_label_values(&[&s, "abandoned"]),
+            compaction_failed: f.compaction_runs.with_label_values(&[&s, "failed"]),
+            compaction_removed_records: f.compaction_removed_records.with_label_values(&[&s]),
+            compaction_removed_bytes: f.compaction_removed_bytes.with_label_values(&[&s]),
+            compaction_seconds: f.compaction_seconds.with_label_values(&[&s]),
             cache_hits: f.cache_hits.with_label_values(&[&s]),
             cache_misses: f.cache_misses.with_label_values(&[&s]),
             cache_resident: f.cache_resident.with_label_values(&[&s]),

@@ -102,6 +102,8 @@ struct ShardBoot {
     sentinel: PathBuf,
     stop: Arc<AtomicBool>,
     listening: Arc<AtomicUsize>,
+    /// Shards that have opened their partitions.
+    opened: Arc<AtomicUsize>,
     drained: Arc<AtomicUsize>,
     view: Arc<crate::view::NodeView>,
 }
@@ -135,6 +137,21 @@ pub fn run(mut config: Config) -> Result<()> {
     }
     let _lock = lock_data_dir(&config.data_dir)?;
     let sentinel = dma::prepare_sentinel(&config.data_dir)?;
+    // Outside the reactor, once: one I/O never exceeds what the device takes at once.
+    let max_io = dma::device_max_io(&config.data_dir);
+    config.max_io_bytes = max_io.bytes;
+    match &max_io.found {
+        Some((kb, file)) => info!(
+            max_io_bytes = max_io.bytes,
+            max_sectors_kb = kb,
+            source = %file.display(),
+            "cap on one segment I/O: the device's max_sectors_kb (bounded to 4 KiB..=1 MiB)"
+        ),
+        None => info!(
+            max_io_bytes = max_io.bytes,
+            "cap on one segment I/O: the default (the data dir's block device is unknown)"
+        ),
+    }
     let (store, recovered, store_thread) = MetaStore::open(&config.data_dir.join("meta"))?;
     let mut image = replay(config.smp, &recovered.controller_log)?;
     if image.cluster_id.is_empty() {
@@ -162,6 +179,7 @@ pub fn run(mut config: Config) -> Result<()> {
     }
 
     let listening = Arc::new(AtomicUsize::new(0));
+    let opened = Arc::new(AtomicUsize::new(0));
     let view = crate::view::NodeView::new(config.smp);
     let admin = AdminServer::start(
         config.admin_addr,
@@ -179,6 +197,7 @@ pub fn run(mut config: Config) -> Result<()> {
         sentinel,
         stop,
         listening,
+        opened,
         drained: Arc::new(AtomicUsize::new(0)),
         view,
         config: config.clone(),
@@ -232,6 +251,15 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
         partitions = shard.partitions.len(),
         "partitions open"
     );
+    // No shard takes clients before every shard has opened its partitions: a request
+    // landing on a ready shard is forwarded to the partition's owner, which must have it.
+    boot.opened.fetch_add(1, Ordering::SeqCst);
+    while boot.opened.load(Ordering::SeqCst) < nr_shards {
+        if boot.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
     crate::groups::start_ticker(shard.clone());
     crate::view::start_publisher(shard.clone(), boot.view.clone());
     crate::view::start_lag_probe(shard.clone());

@@ -23,13 +23,19 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::metadata::MetadataImage;
-use crate::producer_state::{last_seq, BatchSeq, ProducerStates, SeqCheck};
+use crate::producer_state::{last_seq, BatchSeq, ProducerStates, SeqCheck, SNAPSHOT_FILE};
 
 /// Identifies a partition on the data path (topic ids survive renames and deletes+recreates).
 pub type PartitionKey = (Uuid, i32);
 
 /// How far a sequential read reads ahead into the batch cache (see `Partition::read_ahead`).
 pub const READAHEAD_BYTES: usize = 2 << 20;
+
+/// A producer-state snapshot is written after this many appended bytes (and at close).
+pub const PRODUCER_SNAPSHOT_EVERY_BYTES: usize = 64 << 20;
+
+/// How many partitions a shard opens (or closes) at once: their I/O overlaps in io_uring.
+const OPEN_CONCURRENCY: usize = 64;
 
 /// Term used until partitions run through Raft (the leader epoch stamped into batches).
 pub const SINGLE_NODE_TERM: u64 = 0;
@@ -42,7 +48,7 @@ pub struct Partition {
     /// Serializes log start checkpoint writes.
     start_lock: glommio::sync::Semaphore,
     pub metrics: crate::metrics::PartitionMetrics,
-    log: RefCell<PartitionLog<DmaDir>>,
+    pub(crate) log: RefCell<PartitionLog<DmaDir>>,
     dir: DmaDir,
     flushing: Cell<bool>,
     /// A disk-full flush retry is going on (logged once).
@@ -52,7 +58,13 @@ pub struct Partition {
     /// The region read ahead last, `[from, until)` (`until` is `u64::MAX` while it runs).
     readahead: Cell<(u64, u64)>,
     fsync_seconds: prometheus::Histogram,
-    producers: RefCell<ProducerStates>,
+    pub(crate) producers: RefCell<ProducerStates>,
+    /// The offset of the last producer-state snapshot written (or loaded).
+    snapshot_offset: Cell<u64>,
+    /// Batch bytes appended since then; a snapshot is written every
+    /// [`PRODUCER_SNAPSHOT_EVERY_BYTES`], which bounds what a crash restart replays.
+    unsnapshotted_bytes: Cell<usize>,
+    snapshotting: Cell<bool>,
     /// Fetches parked until the high watermark moves.
     hw_waiters: spate_net::wakers::WakerSet,
     deleted: Cell<bool>,
@@ -125,20 +137,63 @@ impl Partition {
             );
         }
         self.schedule_flush();
+        let pending = self.unsnapshotted_bytes.get() + batch.len();
+        self.unsnapshotted_bytes.set(pending);
+        if pending >= PRODUCER_SNAPSHOT_EVERY_BYTES && !self.snapshotting.replace(true) {
+            let p = self.clone();
+            glommio::spawn_local(async move {
+                p.write_producer_snapshot().await;
+                p.snapshotting.set(false);
+            })
+            .detach();
+        }
         Ok((appended.base_offset as i64, waiter))
+    }
+
+    /// Writes the producer-state snapshot as of the committed (fsynced) offset, off the
+    /// reactor. Not fsynced, on purpose: the snapshot is a cache of what the durable log
+    /// says — a lost or torn one is refused by its CRC and the state is rebuilt from the log,
+    /// and a stale one is still true (it names its offset; what follows is replayed).
+    async fn write_producer_snapshot(&self) {
+        let offset = self.log.borrow().committed_offset();
+        if offset <= self.snapshot_offset.get() {
+            return;
+        }
+        self.unsnapshotted_bytes.set(0);
+        let data = self.producers.borrow().encode_snapshot(offset);
+        let dir = self.path.clone();
+        let written = glommio::executor()
+            .spawn_blocking(move || write_snapshot_file(&dir, &data))
+            .await;
+        match written {
+            Ok(()) => self.snapshot_offset.set(offset),
+            Err(e) => warn!(topic = %self.topic, partition = self.key.1, error = %e,
+                "writing the producer-state snapshot (a restart will rebuild it from the log)"),
+        }
     }
 
     /// Visits whole batches (header and bytes) in offset order from the log start up to
     /// `end`, reading 1 MiB at a time, until `visit` breaks with a value.
     async fn scan_batches<T>(
         &self,
+        from: u64,
         end: u64,
         mut visit: impl FnMut(&BatchHeader, Bytes) -> ControlFlow<T>,
     ) -> Result<Option<T>, LogError> {
-        let mut offset = self.log.borrow().log_start_offset();
+        let mut offset = self.log.borrow().log_start_offset().max(from);
         while offset < end {
             let plan = self.log.borrow().plan_read(offset, 1 << 20)?;
-            let read = plan.run().await?;
+            let read = match plan.run().await {
+                Ok(read) => read,
+                // Damaged data is never visited: the scan ends before it (reported once).
+                Err(e) if e.is_corrupt() => {
+                    self.report_corruption();
+                    warn!(topic = %self.topic, partition = self.key.1, offset,
+                        "batch scan stops at a damaged batch");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             if read.bytes.is_empty() {
                 break;
             }
@@ -212,7 +267,7 @@ impl Partition {
     pub async fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, String> {
         let hw = self.high_watermark().max(0) as u64;
         let mut best: Option<(BatchHeader, Bytes)> = None;
-        self.scan_batches(hw, |h, b| {
+        self.scan_batches(0, hw, |h, b| {
             if best
                 .as_ref()
                 .is_none_or(|(bh, _)| h.max_timestamp > bh.max_timestamp)
@@ -241,7 +296,7 @@ impl Partition {
     /// Visits every batch below the high watermark, in order (for replaying internal topics).
     pub async fn for_each_batch(&self, mut visit: impl FnMut(Bytes)) -> Result<(), LogError> {
         let hw = self.high_watermark().max(0) as u64;
-        self.scan_batches(hw, |_, b| {
+        self.scan_batches(0, hw, |_, b| {
             visit(b);
             ControlFlow::<()>::Continue(())
         })
@@ -257,7 +312,9 @@ impl Partition {
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, String> {
         let hw = self.high_watermark().max(0) as u64;
         let plan = self.log.borrow().plan_find_timestamp(ts, hw);
-        let found = plan.run().await.map_err(|e| e.to_string())?;
+        let found = plan.run().await;
+        self.report_corruption();
+        let found = found.map_err(|e| e.to_string())?;
         let Some(read) = found else {
             return Ok(None);
         };
@@ -278,10 +335,11 @@ impl Partition {
             .map(|r| (r.offset, r.timestamp)))
     }
 
-    /// Rebuilds the idempotent-producer state from the batch headers in the log.
-    async fn rebuild_producer_state(&self) -> Result<(), LogError> {
+    /// Brings the idempotent-producer state up to date from the batch headers in the log
+    /// from `from` (the offset of the snapshot it was restored from; 0: the whole log).
+    async fn rebuild_producer_state(&self, from: u64) -> Result<(), LogError> {
         let end = self.log.borrow().stable_offset();
-        self.scan_batches(end, |h, _| {
+        self.scan_batches(from, end, |h, _| {
             if h.producer_id >= 0 {
                 let first = h.base_sequence;
                 self.producers.borrow_mut().record(
@@ -388,6 +446,19 @@ impl Partition {
         .detach();
     }
 
+    /// Logs and counts the damaged batches the log found since the last call (by reads,
+    /// index rebuilds, recovery): each once, however many reads run into it.
+    pub fn report_corruption(&self) {
+        for c in self.log.borrow().take_corruptions() {
+            error!(topic = %self.topic, partition = self.key.1,
+                file = %self.path.join(&c.segment).display(), position = c.pos,
+                offset = c.offset, detail = %c.detail,
+                "corrupt record batch on disk: never served (fetches get CORRUPT_MESSAGE); \
+                 records before it are served, DeleteRecords past it skips it");
+            self.metrics.corrupt_batches.inc();
+        }
+    }
+
     fn wake_fetchers(&self) {
         self.hw_waiters.wake_all();
     }
@@ -421,7 +492,11 @@ impl Partition {
         glommio::spawn_local(async move {
             let plan = p.log.borrow().plan_read(start, READAHEAD_BYTES);
             let until = match plan {
-                Ok(plan) => plan.run().await.map(|r| r.next_offset).unwrap_or(start),
+                Ok(plan) => {
+                    let read = plan.run().await;
+                    p.report_corruption();
+                    read.map(|r| r.next_offset).unwrap_or(start)
+                }
                 Err(_) => start,
             };
             p.readahead.set((start, until.max(start + 1)));
@@ -443,7 +518,9 @@ impl Partition {
             offset as u64,
             if min_one { max_bytes.max(1) } else { max_bytes },
         )?;
-        let read = plan.run().await?;
+        let read = plan.run().await;
+        self.report_corruption();
+        let read = read?;
         self.read_ahead(offset as u64, read.next_offset, hw);
         // Cut at the high watermark and, unless the first batch alone is over the limit and
         // `min_one` allows it, at `max_bytes` — always at batch boundaries.
@@ -467,6 +544,8 @@ pub struct PartitionManager {
     /// The partitions directory, opened once per shard: partition directories are its
     /// siblings and share its DMA buffer handle (one descriptor per shard, not per partition).
     root_dir: RefCell<Option<DmaDir>>,
+    /// Cap on one segment I/O (the device's `max_sectors_kb`), for every partition directory.
+    max_io_bytes: usize,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     fsync_seconds: prometheus::Histogram,
     /// The shard's batch cache (`None` when `batch_cache_bytes` is 0).
@@ -492,6 +571,7 @@ impl PartitionManager {
             root: config.data_dir.join("partitions"),
             sentinel,
             root_dir: RefCell::new(None),
+            max_io_bytes: config.max_io_bytes,
             partitions: RefCell::new(HashMap::new()),
             cache: (config.batch_cache_bytes > 0)
                 .then(|| BatchCache::new(config.batch_cache_bytes)),
@@ -504,7 +584,7 @@ impl PartitionManager {
         let root = match root {
             Some(r) => r,
             None => {
-                let r = DmaDir::open(&self.root, &self.sentinel).await?;
+                let r = DmaDir::open_capped(&self.root, &self.sentinel, self.max_io_bytes).await?;
                 *self.root_dir.borrow_mut() = Some(r.clone());
                 r
             }
@@ -569,7 +649,7 @@ impl PartitionManager {
             .into_iter()
             .filter(|(k, _)| !self.partitions.borrow().contains_key(k))
             .collect();
-        for (key, topic) in missing {
+        run_bounded(missing, OPEN_CONCURRENCY, |(key, topic)| async move {
             let (segment_bytes, segment_ms) = image
                 .topics
                 .get(&topic)
@@ -592,7 +672,8 @@ impl PartitionManager {
                 }
                 Err(e) => error!(%topic, partition = key.1, error = %e, "opening partition failed"),
             }
-        }
+        })
+        .await;
     }
 
     async fn open(
@@ -630,9 +711,14 @@ impl PartitionManager {
         if let Some(t) = &report.truncated {
             warn!(%topic, partition = key.1, truncation = ?t, "recovery truncated a corrupt or torn tail");
         }
-        let checkpoint_dir = path.clone();
-        let saved = glommio::executor()
-            .spawn_blocking(move || spate_storage::log::checkpoint::read(&checkpoint_dir))
+        let side_dir = path.clone();
+        let (saved, snapshot) = glommio::executor()
+            .spawn_blocking(move || {
+                (
+                    spate_storage::log::checkpoint::read(&side_dir),
+                    read_snapshot_file(&side_dir),
+                )
+            })
             .await;
         match saved {
             Ok(Some(start)) => {
@@ -662,16 +748,46 @@ impl PartitionManager {
             readahead: Cell::new((0, 0)),
             fsync_seconds: self.fsync_seconds.clone(),
             producers: RefCell::new(ProducerStates::default()),
+            snapshot_offset: Cell::new(0),
+            unsnapshotted_bytes: Cell::new(0),
+            snapshotting: Cell::new(false),
             hw_waiters: spate_net::wakers::WakerSet::new(),
             deleted: Cell::new(false),
         });
-        p.rebuild_producer_state()
+        let stable = p.log.borrow().stable_offset();
+        let from = match snapshot {
+            Ok(None) => 0,
+            Ok(Some(bytes)) => match ProducerStates::decode_snapshot(&bytes) {
+                Ok((offset, states)) if offset <= stable => {
+                    *p.producers.borrow_mut() = states;
+                    p.snapshot_offset.set(offset);
+                    offset
+                }
+                Ok((offset, _)) => {
+                    warn!(%topic, partition = key.1, snapshot = offset, log_end = stable,
+                        "producer-state snapshot is past the log end; rebuilding from the log");
+                    0
+                }
+                Err(e) => {
+                    warn!(%topic, partition = key.1, error = %e,
+                        "unreadable producer-state snapshot; rebuilding from the log");
+                    0
+                }
+            },
+            Err(e) => {
+                warn!(%topic, partition = key.1, error = %e,
+                    "reading the producer-state snapshot; rebuilding from the log");
+                0
+            }
+        };
+        p.rebuild_producer_state(from)
             .await
             .map_err(|e| e.to_string())?;
         Ok(p)
     }
 
-    /// Flushes and closes every partition (shutdown).
+    /// Flushes and closes every partition (shutdown), writing each one's producer-state
+    /// snapshot, several at a time.
     pub async fn close_all(&self) {
         let all: Vec<Rc<Partition>> = self
             .partitions
@@ -679,17 +795,126 @@ impl PartitionManager {
             .drain()
             .map(|(_, p)| p)
             .collect();
-        for p in all {
-            // Wait out a running flush loop, then flush what is left.
-            while p.flushing.get() {
+        run_bounded(all, OPEN_CONCURRENCY, |p| async move {
+            // Wait out a running flush loop or snapshot, and (for a while) other holders —
+            // a compaction or a read stopping — then flush what is left.
+            let patience = std::time::Instant::now() + Duration::from_secs(5);
+            while p.flushing.get()
+                || p.snapshotting.get()
+                || (Rc::strong_count(&p) > 1 && std::time::Instant::now() < patience)
+            {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
-            let Ok(p) = Rc::try_unwrap(p) else { continue };
+            let p = match Rc::try_unwrap(p) {
+                Ok(p) => p,
+                Err(p) => {
+                    warn!(topic = %p.topic, partition = p.key.1,
+                        "partition still in use at shutdown: not closed (the next start scans its tail)");
+                    return;
+                }
+            };
             let log = p.log.into_inner();
+            let end = log.log_end_offset();
             if let Err(e) = log.close().await {
                 warn!(topic = %p.topic, partition = p.key.1, error = %e, "closing partition log");
+            } else if end > p.snapshot_offset.get() {
+                // Everything below `end` is durable now.
+                let data = p.producers.borrow().encode_snapshot(end);
+                let dir = p.path.clone();
+                let written = glommio::executor()
+                    .spawn_blocking(move || write_snapshot_file(&dir, &data))
+                    .await;
+                if let Err(e) = written {
+                    warn!(topic = %p.topic, partition = p.key.1, error = %e,
+                        "writing the producer-state snapshot");
+                }
             }
             let _ = p.dir.close().await;
+        })
+        .await;
+    }
+}
+
+/// Writes a partition's producer-state snapshot: a temporary file renamed over the old one.
+fn write_snapshot_file(dir: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+}
+
+/// A partition's producer-state snapshot, if it has one.
+fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `f` over `items` with at most `limit` of its futures in flight, on the calling task
+/// (the futures may borrow from the caller, which spawned tasks could not).
+async fn run_bounded<I, F, Fut>(items: I, limit: usize, mut f: F)
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut items = items.into_iter();
+    let mut running: Vec<std::pin::Pin<Box<Fut>>> = Vec::new();
+    std::future::poll_fn(|cx| loop {
+        while running.len() < limit {
+            match items.next() {
+                Some(item) => running.push(Box::pin(f(item))),
+                None => break,
+            }
         }
+        if running.is_empty() {
+            return std::task::Poll::Ready(());
+        }
+        let before = running.len();
+        running.retain_mut(|fut| fut.as_mut().poll(cx).is_pending());
+        if running.len() == before {
+            return std::task::Poll::Pending;
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_bounded_runs_every_item_with_at_most_limit_in_flight() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let done = Cell::new(0usize);
+                let inflight = Cell::new(0usize);
+                let peak = Cell::new(0usize);
+                run_bounded(0..200u64, 16, |i| {
+                    let (done, inflight, peak) = (&done, &inflight, &peak);
+                    async move {
+                        inflight.set(inflight.get() + 1);
+                        peak.set(peak.get().max(inflight.get()));
+                        glommio::timer::sleep(Duration::from_micros(100 + (i * 37) % 500)).await;
+                        inflight.set(inflight.get() - 1);
+                        done.set(done.get() + 1);
+                    }
+                })
+                .await;
+                assert_eq!(done.get(), 200);
+                assert_eq!(peak.get(), 16);
+                // Futures that finish at once, all in the same poll.
+                let quick = Cell::new(0usize);
+                run_bounded(0..100, 8, |_| {
+                    let quick = &quick;
+                    async move { quick.set(quick.get() + 1) }
+                })
+                .await;
+                assert_eq!(quick.get(), 100);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

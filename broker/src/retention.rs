@@ -1,10 +1,17 @@
 //! Retention: every `log_retention_check_interval_ms`, each shard walks its partitions on a
-//! low-share task queue (so produce and fetch latency do not move) and applies the topic's
-//! `cleanup.policy=delete` rules — whole closed segments past `retention.ms` (by the
-//! segment's largest timestamp) or beyond `retention.bytes` go, oldest first, and the log
-//! start moves past them — and rolls active segments older than `segment.ms`.
+//! low-share task queue (so produce and fetch latency do not move), rolls active segments
+//! older than `segment.ms`, and applies the topic's cleanup policy:
 //!
-//! `cleanup.policy=compact` topics are left alone: compaction is not implemented yet.
+//! * `delete`: whole closed segments past `retention.ms` (by the segment's largest
+//!   timestamp) or beyond `retention.bytes` go, oldest first, and the log start moves past
+//!   them;
+//! * `compact`: log compaction ([`crate::compaction`]) keeps the latest record per key in the
+//!   closed segments, when `min.cleanable.dirty.ratio`, `max.compaction.lag.ms` (or a
+//!   tombstone past `delete.retention.ms`) call for it;
+//! * `compact,delete`: both — deletion first, then compaction of what is left.
+//!
+//! Internal topics (`__consumer_offsets`) are compacted by their coordinator instead
+//! ([`crate::groups`]).
 
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use glommio::{Latency, Shares};
 use tracing::{info, warn};
 
+use crate::compaction::{CleanerMemo, CompactRules};
 use crate::metadata::configs::topic_config;
 use crate::shard::Shard;
 
@@ -41,6 +49,7 @@ pub fn start(shard: Rc<Shard>) {
     let id = shard.id;
     let spawned = glommio::spawn_local_into(
         async move {
+            let mut memo = CleanerMemo::default();
             loop {
                 let slept = futures_lite::future::or(
                     async {
@@ -56,7 +65,7 @@ pub fn start(shard: Rc<Shard>) {
                 if !slept {
                     break;
                 }
-                pass(&shard).await;
+                pass(&shard, &mut memo).await;
             }
         },
         tq,
@@ -69,9 +78,17 @@ pub fn start(shard: Rc<Shard>) {
     }
 }
 
-async fn pass(shard: &Shard) {
+async fn pass(shard: &Shard, memo: &mut CleanerMemo) {
     let now = now_ms();
-    for p in shard.partitions.all() {
+    let partitions = shard.partitions.all();
+    if !memo.is_empty() {
+        let live: std::collections::HashSet<_> = partitions.iter().map(|p| p.key).collect();
+        memo.retain(|k| live.contains(k));
+    }
+    for p in partitions {
+        if shard.shutdown.is_fired() {
+            break;
+        }
         let rules = {
             let img = shard.image.borrow();
             img.topics.get(&p.topic).map(|t| {
@@ -81,16 +98,21 @@ async fn pass(shard: &Shard) {
                             .0
                     })
                 };
-                let delete = get("cleanup.policy").is_some_and(|v| v.contains("delete"));
+                let policy = get("cleanup.policy").unwrap_or_default();
+                let delete = policy.contains("delete");
+                let compact = policy
+                    .contains("compact")
+                    .then(|| CompactRules::from_configs(get));
                 let num = |name: &str| get(name).and_then(|v| v.parse::<i64>().ok());
                 (
                     delete,
+                    compact,
                     limit(num("retention.ms")),
                     limit(num("retention.bytes")),
                 )
             })
         };
-        let Some((delete, retention_ms, retention_bytes)) = rules else {
+        let Some((delete, compact, retention_ms, retention_bytes)) = rules else {
             continue;
         };
         let (by_time, by_size) = if delete {
@@ -106,6 +128,9 @@ async fn pass(shard: &Shard) {
                 .metrics
                 .retention_segments
                 .inc_by((by_time + by_size) as u64);
+        }
+        if let Some(rules) = compact {
+            crate::compaction::maybe_compact(shard, &p, &rules, now_ms(), memo).await;
         }
         glommio::yield_if_needed().await;
     }

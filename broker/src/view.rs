@@ -23,6 +23,8 @@ pub struct ClusterView {
     pub topics: usize,
     pub partitions: usize,
     pub version: &'static str,
+    /// Cap on one segment I/O (the data dir's device `max_sectors_kb`, bounded).
+    pub max_io_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -144,6 +146,8 @@ fn publish(shard: &Shard, view: &NodeView) {
             let (start, hw) = (p.log_start_offset(), p.high_watermark());
             p.metrics.high_watermark.set(hw);
             p.metrics.log_start_offset.set(start);
+            // Damage found by recovery at open or by background reads, reported promptly.
+            p.report_corruption();
             PartitionView {
                 topic: p.topic.clone(),
                 topic_id: p.key.0.to_string(),
@@ -196,6 +200,7 @@ fn publish(shard: &Shard, view: &NodeView) {
             topics: img.topics.len(),
             partitions: img.partition_count(),
             version: env!("CARGO_PKG_VERSION"),
+            max_io_bytes: shard.config.max_io_bytes,
         };
     }
 }

@@ -26,7 +26,7 @@ fn bad(index: usize, message: String) -> RecordError {
 }
 
 /// Kafka's zigzag varint (at most 5 bytes for an int, 10 for a long).
-fn varint(buf: &[u8], at: &mut usize, max_bytes: usize) -> Option<i64> {
+pub(crate) fn varint(buf: &[u8], at: &mut usize, max_bytes: usize) -> Option<i64> {
     let mut raw: u64 = 0;
     for i in 0..max_bytes {
         let b = *buf.get(*at)?;
@@ -75,6 +75,27 @@ pub fn decompress(codec: usize, mut data: Bytes) -> anyhow::Result<Bytes> {
         4 => <Zstd as Decompressor<Bytes>>::decompress(&mut data, take),
         other => anyhow::bail!("unknown codec {other}"),
     }
+}
+
+/// Compresses a records section with codec id `codec` (0 none … 4 zstd; LZ4 frames with
+/// independent blocks, which Kafka clients need).
+pub fn compress(codec: usize, plain: &[u8]) -> anyhow::Result<Bytes> {
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+    let mut out = BytesMut::new();
+    let fill = |tmp: &mut BytesMut| {
+        tmp.put_slice(plain);
+        Ok(())
+    };
+    match codec {
+        0 => out.put_slice(plain),
+        1 => <Gzip as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        2 => <Snappy as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        3 => <Lz4 as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        4 => <Zstd as Compressor<BytesMut>>::compress(&mut out, fill)?,
+        other => anyhow::bail!("unknown codec {other}"),
+    }
+    Ok(out.freeze())
 }
 
 /// Checks the records of a decompressed section against the batch's record count.

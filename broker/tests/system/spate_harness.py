@@ -353,6 +353,9 @@ class Broker:
         }
         if self.retention_check_ms is not None:
             props["log.retention.check.interval.ms"] = str(self.retention_check_ms)
+            # The log cleaner's idle sleep (15 s by default): spated compacts in its
+            # retention pass, so both check as often.
+            props["log.cleaner.backoff.ms"] = str(self.retention_check_ms)
         text = "".join(f"{k}={v}\n" for k, v in props.items())
         (self.work_dir / "server.properties").write_text(text)
         cluster_id = "-"

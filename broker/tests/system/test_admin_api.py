@@ -152,5 +152,8 @@ def test_cluster_shards_and_partitions_views(broker):
     assert cluster["node_id"] == 0 and cluster["shards"] == broker.smp
     assert cluster["kafka_addr"] == f"{HOST}:{broker.port}"
     assert cluster["topics"] >= 1 and len(cluster["cluster_id"]) == 22
+    # The cap on one segment I/O: the data dir's device max_sectors_kb, bounded and aligned.
+    cap = cluster["max_io_bytes"]
+    assert 4096 <= cap <= 1 << 20 and cap % 4096 == 0, cap
     status, body = get(broker, "/v1/partitions?topic=no-such-topic")
     assert (status, body) == (200, [])
