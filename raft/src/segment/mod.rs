@@ -131,6 +131,13 @@ pub struct SegmentConfig {
     pub on_progress: Option<Rc<dyn Fn(GroupId)>>,
     /// See [`SyncGate`].
     pub sync_gate: Option<Rc<dyn SyncGate>>,
+    /// What Raft log compaction (`compact_prefix`) does to the partition's data below the new
+    /// anchor. `false` (the default): whole segments below it are deleted (`truncate_prefix`)
+    /// — the Raft log *is* the retained log. `true`: only the anchor moves and the Kafka data
+    /// stays, for the topic's retention (`retention.ms`/`bytes`, DeleteRecords) to remove —
+    /// the broker compacts the Raft log to keep a reopen's index rebuild short (it reads only
+    /// from the anchor), not to free space.
+    pub compaction_keeps_data: bool,
 }
 
 impl Default for SegmentConfig {
@@ -143,6 +150,7 @@ impl Default for SegmentConfig {
             scan_bytes: 1 << 20,
             on_progress: None,
             sync_gate: None,
+            compaction_keeps_data: false,
         }
     }
 }
@@ -1177,9 +1185,9 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
     }
 
     async fn compact(&self, anchor: Anchor) -> Result<(), StoreError> {
-        let (meta, group) = {
+        let (meta, group, keep_data) = {
             let i = self.inner.borrow();
-            (i.meta.clone(), i.group)
+            (i.meta.clone(), i.group, i.cfg.compaction_keeps_data)
         };
         // The new anchor is durable before any segment goes.
         meta.write(
@@ -1190,16 +1198,18 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
             },
         )
         .await?;
-        let mut log = self
-            .inner
-            .borrow_mut()
-            .log
-            .take()
-            .ok_or_else(|| StoreError::Io("log missing".into()))?;
-        let r = log.truncate_prefix(anchor.offset).await;
+        if !keep_data {
+            let mut log = self
+                .inner
+                .borrow_mut()
+                .log
+                .take()
+                .ok_or_else(|| StoreError::Io("log missing".into()))?;
+            let r = log.truncate_prefix(anchor.offset).await;
+            self.inner.borrow_mut().log = Some(log);
+            r.map_err(io)?;
+        }
         let mut i = self.inner.borrow_mut();
-        i.log = Some(log);
-        r.map_err(io)?;
         let d = &mut i.disk;
         d.anchor = anchor;
         while d.tail_base < anchor.index && !d.tail.is_empty() {

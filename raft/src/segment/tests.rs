@@ -462,6 +462,48 @@ fn s7_compaction_moves_the_anchor_then_deletes_segments() {
     assert_eq!(all_entries(&s).len(), 10);
 }
 
+/// §7 compaction of the Raft log only (`compaction_keeps_data`, how the broker runs it):
+/// the anchor moves durably, the Kafka data below it stays readable, and a reopen rebuilds
+/// the index from the anchor on — the entries below it are Kafka data, not Raft entries.
+#[test]
+fn s7_compaction_can_move_only_the_anchor_and_keep_the_data() {
+    let node = Node::new(10);
+    let keep = || SegmentConfig {
+        compaction_keeps_data: true,
+        ..cfg()
+    };
+    let mut s = node.open(keep());
+    bootstrap(&mut s, &[1]);
+    let entries: Vec<LogEntry> = (2..=40).map(|i| data(i, 2, &["0123456789"; 8])).collect();
+    s.append(&entries).unwrap();
+    s.sync().unwrap();
+    settle(&s);
+    let start = s.with_log(|l| l.log_start_offset()).unwrap();
+    let (base31, _) = s.offsets(31).unwrap();
+    s.on_applied(35);
+    s.compact_prefix(30).unwrap();
+    settle(&s);
+    assert_eq!(s.log_start(), LogStart { index: 30, term: 2 });
+    assert_eq!(s.with_log(|l| l.log_start_offset()), Some(start));
+    drop(s);
+    let s = node.open(keep());
+    assert_eq!(s.log_start(), LogStart { index: 30, term: 2 });
+    assert_eq!(s.anchor().offset, base31);
+    assert_eq!((s.first_index(), s.last_index()), (31, 40));
+    assert_eq!(s.offsets(31), Some((base31, base31 + 7)));
+    assert_eq!(all_entries(&s).len(), 10);
+    // The data below the anchor is still there for Kafka readers.
+    let read = block_on(
+        s.with_log(|l| l.plan_read(start, 1 << 20))
+            .unwrap()
+            .unwrap()
+            .run(),
+    )
+    .unwrap();
+    assert!(!read.bytes.is_empty());
+    assert_eq!(s.with_log(|l| l.log_start_offset()), Some(start));
+}
+
 /// A partition that held data before it ran Raft: bootstrap anchors the Raft log at the end
 /// of that data, which stays readable below it.
 /// Raft §7: the log starts after the bootstrap snapshot (index 1), here anchored at the end

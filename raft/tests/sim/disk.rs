@@ -171,6 +171,8 @@ impl SegDisk {
             scan_bytes: 4096,
             on_progress: Some(Rc::new(move |_| progress.set(true))),
             sync_gate: Some(Rc::new(self.gate.clone())),
+            // Both compaction modes, by seed parity (no draw: seeds replay as before).
+            compaction_keeps_data: self.seed % 2 == 1,
         }
     }
 
