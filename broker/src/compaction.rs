@@ -342,6 +342,10 @@ pub struct KeyCleaner<'a> {
     pub kept_records: u64,
     /// The earliest delete horizon of a tombstone kept (a later pass can remove it).
     pub next_horizon: Option<i64>,
+    /// I/O budget (bytes per second, 0: none), bytes walked so far and since when.
+    io_limit: u64,
+    io_bytes: u64,
+    io_since: Instant,
 }
 
 impl<'a> KeyCleaner<'a> {
@@ -364,7 +368,27 @@ impl<'a> KeyCleaner<'a> {
             removed_tombstones: 0,
             kept_records: 0,
             next_horizon: None,
+            io_limit: 0,
+            io_bytes: 0,
+            io_since: Instant::now(),
         }
+    }
+
+    /// Paces the passes at `bytes_per_second` of batches walked (Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`; 0: no limit).
+    pub fn with_io_limit(mut self, bytes_per_second: u64) -> Self {
+        self.io_limit = bytes_per_second;
+        self
+    }
+
+    /// How long to sleep to stay within the I/O budget.
+    fn io_debt(&self) -> Option<Duration> {
+        if self.io_limit == 0 {
+            return None;
+        }
+        let due = Duration::from_secs_f64(self.io_bytes as f64 / self.io_limit as f64);
+        due.checked_sub(self.io_since.elapsed())
+            .filter(|d| *d >= Duration::from_millis(1))
     }
 
     /// Keys in the map.
@@ -391,6 +415,7 @@ impl Cleaner for KeyCleaner<'_> {
         if (self.stop)() {
             return Err("shutting down".into());
         }
+        self.io_bytes += batch.len() as u64;
         if h.attributes & ATTR_CONTROL != 0 || h.record_count == 0 {
             return Ok(true);
         }
@@ -416,6 +441,7 @@ impl Cleaner for KeyCleaner<'_> {
         if (self.stop)() {
             return Err("shutting down".into());
         }
+        self.io_bytes += batch.len() as u64;
         if h.attributes & ATTR_CONTROL != 0 {
             return Ok(Filtered::Keep);
         }
@@ -490,6 +516,9 @@ impl Cleaner for KeyCleaner<'_> {
     }
 
     async fn pause(&mut self) {
+        if let Some(d) = self.io_debt() {
+            glommio::timer::sleep(d).await;
+        }
         glommio::yield_if_needed().await;
     }
 }
@@ -593,7 +622,8 @@ impl Partition {
             max_keys,
             producer_last,
             &stop,
-        );
+        )
+        .with_io_limit(shard.config.log_cleaner_io_max_bytes_per_second);
         let group_bytes = self.log.borrow().config().segment_bytes;
         let job = self
             .log
@@ -850,6 +880,31 @@ mod tests {
         c.map_batch(&header(&new), &new).unwrap();
         c.map_done(11);
         assert_eq!(c.filter(&header(&other), other).unwrap(), Filtered::Keep);
+    }
+
+    #[test]
+    fn the_io_budget_paces_the_passes() {
+        let stop = never;
+        let b = batch(&[(Some("k"), Some("v"))], Compression::None, -1, 0);
+        let mut c = KeyCleaner::new(TS, 0, 1000, HashMap::new(), &stop);
+        for _ in 0..1000 {
+            c.map_batch(&header(&b), &b).unwrap();
+        }
+        assert_eq!(c.io_debt(), None, "no limit, no pacing");
+        let mut c =
+            KeyCleaner::new(TS, 0, 1000, HashMap::new(), &stop).with_io_limit(b.len() as u64 * 10);
+        for _ in 0..10 {
+            c.map_batch(&header(&b), &b).unwrap();
+        }
+        // Ten batches at ten batches a second: about a second to wait.
+        let debt = c.io_debt().expect("over budget");
+        assert!(
+            debt > Duration::from_millis(900) && debt <= Duration::from_secs(1),
+            "{debt:?}"
+        );
+        c.map_done(100);
+        c.filter(&header(&b), b.clone()).unwrap();
+        assert!(c.io_debt().unwrap() > debt, "filtered bytes count too");
     }
 
     #[test]
