@@ -162,8 +162,11 @@ pub fn check_first(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Ba
             computed,
         });
     }
+    // A zero-width control batch (no records, last offset delta -1: it occupies no offset)
+    // is how a Raft no-op may be stored without shifting Kafka offsets (raft/README.md).
+    let zero_width = h.record_count == 0 && h.last_offset_delta == -1 && h.attributes & 0x20 != 0;
     if h.record_count < 0
-        || h.last_offset_delta < 0
+        || (h.last_offset_delta < 0 && !zero_width)
         || i64::from(h.record_count) > i64::from(h.last_offset_delta) + 1
     {
         return Err(BatchError::RecordCount {
@@ -504,6 +507,32 @@ pub(crate) mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn zero_width_control_batches_are_stored_batches_but_not_produced_ones() {
+        // No records, last offset delta -1: occupies no offset (raft/README.md, "Before
+        // wiring"). Accepted on disk only with the control bit.
+        let rb = RecordBatch::validate(build_batch(1, 10, 1), MAX).unwrap();
+        let mut e = BytesMut::from(&empty_batch(rb.stamped(40, 2).header())[..]);
+        e[23..27].copy_from_slice(&(-1i32).to_be_bytes());
+        let fix = |e: &mut BytesMut| {
+            let crc = crc32c::crc32c(&e[CRC_START..]);
+            e[17..21].copy_from_slice(&crc.to_be_bytes());
+        };
+        fix(&mut e);
+        assert!(matches!(
+            check_first(&e, MAX),
+            Err(BatchError::RecordCount { .. })
+        ));
+        e[21..23].copy_from_slice(&0x20i16.to_be_bytes());
+        fix(&mut e);
+        let h = check_first(&e, MAX).unwrap();
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.record_count),
+            (40, 39, 0)
+        );
+        assert!(RecordBatch::validate(e.freeze(), MAX).is_err());
     }
 
     #[test]
