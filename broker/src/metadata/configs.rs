@@ -392,9 +392,53 @@ pub fn validate_topic_overrides(
     Ok(out)
 }
 
+/// Rules across a topic's overrides (Kafka's `LogConfig.validateValues`): today
+/// `min.compaction.lag.ms` must not exceed `max.compaction.lag.ms` (defaults fill in the one
+/// not set). Kafka's INVALID_CONFIG text on failure.
+pub fn check_topic_combination(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    let num = |name: &str| {
+        configs
+            .get(name)
+            .map(String::as_str)
+            .or_else(|| topic_config(name).map(|d| d.default))
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    if let (Some(min), Some(max)) = (num("min.compaction.lag.ms"), num("max.compaction.lag.ms")) {
+        if min > max {
+            return Err(format!(
+                "conflict topic config setting min.compaction.lag.ms ({min}) > max.compaction.lag.ms ({max})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_compaction_lag_above_max_is_refused() {
+        let m = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(check_topic_combination(&m(&[("min.compaction.lag.ms", "5")])).is_ok());
+        assert!(check_topic_combination(&m(&[
+            ("min.compaction.lag.ms", "5"),
+            ("max.compaction.lag.ms", "5")
+        ]))
+        .is_ok());
+        assert_eq!(
+            check_topic_combination(&m(&[
+                ("min.compaction.lag.ms", "6"),
+                ("max.compaction.lag.ms", "5")
+            ])),
+            Err("conflict topic config setting min.compaction.lag.ms (6) > max.compaction.lag.ms (5)".into())
+        );
+    }
 
     #[test]
     fn table_is_sorted_and_defaults_are_valid() {

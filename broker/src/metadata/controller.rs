@@ -399,6 +399,7 @@ pub fn plan_create_topics(
                 return Err(e);
             }
             let configs = configs::validate_topic_overrides(&spec.configs)
+                .and_then(|c| configs::check_topic_combination(&c).map(|()| c))
                 .map_err(|m| KError::new(ResponseError::InvalidConfig, m))?;
             let id = if validate_only {
                 Uuid::nil()
@@ -646,6 +647,8 @@ pub fn plan_alter_configs(
                     )
                 })?;
                 let configs = alter_config_map(&topic.configs, &res.entries, incremental, false)?;
+                configs::check_topic_combination(&configs)
+                    .map_err(|m| KError::new(ResponseError::InvalidConfig, m))?;
                 if !validate_only {
                     records.push(MetadataRecord::SetTopicConfigs {
                         id: topic.id,

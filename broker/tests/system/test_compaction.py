@@ -271,7 +271,8 @@ def test_bad_compaction_configs_are_refused(broker_factory):
     admin = confluent_admin(b.bootstrap)
     for cfg in ({"min.cleanable.dirty.ratio": "2"}, {"min.cleanable.dirty.ratio": "-0.1"},
                 {"delete.retention.ms": "-5"}, {"min.compaction.lag.ms": "-1"},
-                {"max.compaction.lag.ms": "0"}, {"cleanup.policy": "compress"}):
+                {"max.compaction.lag.ms": "0"}, {"cleanup.policy": "compress"},
+                {"min.compaction.lag.ms": "6000", "max.compaction.lag.ms": "5000"}):
         name = unique_topic("badcmp")
         err = results(admin.create_topics([NewTopic(name, 1, 1, config=cfg)]))[name]
         assert isinstance(err, KafkaError) and err.code() == KafkaError.INVALID_CONFIG, (cfg, err)
@@ -281,6 +282,13 @@ def test_bad_compaction_configs_are_refused(broker_factory):
     res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
         ConfigEntry("min.cleanable.dirty.ratio", "2",
                     incremental_operation=AlterConfigOpType.SET)])
+    err = results(admin.incremental_alter_configs([res]))[res]
+    assert isinstance(err, KafkaError) and err.code() == KafkaError.INVALID_CONFIG, err
+    # min.compaction.lag.ms above max.compaction.lag.ms, made by an alter (Kafka checks the
+    # combination with its LogConfig.validateValues).
+    res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.compaction.lag.ms", "5000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("min.compaction.lag.ms", "6000", incremental_operation=AlterConfigOpType.SET)])
     err = results(admin.incremental_alter_configs([res]))[res]
     assert isinstance(err, KafkaError) and err.code() == KafkaError.INVALID_CONFIG, err
     # A record without a key is refused on a compacted topic.
