@@ -203,9 +203,9 @@ pub async fn list_offsets_local(
             ts => match p.offset_for_timestamp(ts).await {
                 Ok(Some((offset, t))) => (ResponseError::Unknown(0), offset, t),
                 Ok(None) => (ResponseError::Unknown(0), -1, -1),
-                Err(e) => {
+                Err((code, e)) => {
                     warn!(topic = %p.topic, partition = k.1, error = %e, "offset lookup by time");
-                    (ResponseError::KafkaStorageError, -1, -1)
+                    (code, -1, -1)
                 }
             },
         });

@@ -309,17 +309,33 @@ impl Partition {
     ///
     /// The log's time index picks the batch (segments by their max timestamp, then about one
     /// index interval of headers); only that batch is decoded.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, String> {
+    /// Errors carry the Kafka code: CORRUPT_MESSAGE when the batch found is damaged on disk
+    /// (as Kafka answers a CorruptRecordException), else KAFKA_STORAGE_ERROR.
+    pub async fn offset_for_timestamp(
+        &self,
+        ts: i64,
+    ) -> Result<Option<(i64, i64)>, (ResponseError, String)> {
         let hw = self.high_watermark().max(0) as u64;
         let plan = self.log.borrow().plan_find_timestamp(ts, hw);
         let found = plan.run().await;
         self.report_corruption();
-        let found = found.map_err(|e| e.to_string())?;
+        let found = found.map_err(|e| {
+            let code = if e.is_corrupt() {
+                ResponseError::CorruptMessage
+            } else {
+                ResponseError::KafkaStorageError
+            };
+            (code, e.to_string())
+        })?;
         let Some(read) = found else {
             return Ok(None);
         };
+        let corrupt = |m: String| (ResponseError::CorruptMessage, m);
         let Ok(h) = BatchHeader::decode(&read.bytes) else {
-            return Err(format!("undecodable batch at offset {}", read.base_offset));
+            return Err(corrupt(format!(
+                "undecodable batch at offset {}",
+                read.base_offset
+            )));
         };
         if h.attributes & 0x08 != 0 {
             // LogAppendTime: every record carries the batch's max timestamp.
@@ -327,7 +343,7 @@ impl Partition {
         }
         let mut batch = read.bytes.slice(..h.total_len().min(read.bytes.len()));
         let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch)
-            .map_err(|e| format!("decoding batch at offset {}: {e}", h.base_offset))?;
+            .map_err(|e| corrupt(format!("decoding batch at offset {}: {e}", h.base_offset)))?;
         Ok(set
             .records
             .iter()
