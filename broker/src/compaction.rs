@@ -54,7 +54,7 @@ use spate_storage::log::batch::{
 use spate_storage::log::compact::{
     CleanableSegment, Cleaner, CompactionFinish, CompactionStats, Filtered,
 };
-use tracing::{info, warn, Instrument};
+use tracing::{error, info, Instrument};
 
 use crate::kafka::records::{compress, decompress, varint};
 use crate::partition::{Partition, PartitionKey};
@@ -109,16 +109,21 @@ impl CompactRules {
 pub struct CleanerMemo {
     /// Per partition: the earliest delete horizon of a tombstone the last pass kept.
     horizons: HashMap<PartitionKey, i64>,
+    /// Partitions whose last compaction failed (a damaged batch, an I/O error): not retried
+    /// until the broker restarts, as Kafka marks a partition uncleanable — a retry would read
+    /// the same log again every pass and fail at the same place.
+    uncleanable: std::collections::HashSet<PartitionKey>,
 }
 
 impl CleanerMemo {
     pub fn is_empty(&self) -> bool {
-        self.horizons.is_empty()
+        self.horizons.is_empty() && self.uncleanable.is_empty()
     }
 
     /// Forgets partitions no longer on the shard.
     pub fn retain(&mut self, live: impl Fn(&PartitionKey) -> bool) {
         self.horizons.retain(|k, _| live(k));
+        self.uncleanable.retain(|k| live(k));
     }
 }
 
@@ -149,7 +154,13 @@ pub fn decide(
     let mut end = segs.last()?.next_offset;
     if rules.min_lag_ms > 0 {
         let young = now_ms.saturating_sub(rules.min_lag_ms);
-        if let Some(s) = segs.iter().find(|s| s.max_timestamp > young) {
+        // Only the dirty segments count (Kafka searches from the first dirty offset): a clean
+        // segment with a future timestamp (a producer's clock ahead) must not block the rest.
+        if let Some(s) = segs
+            .iter()
+            .filter(|s| s.next_offset > clean_offset)
+            .find(|s| s.max_timestamp > young)
+        {
             end = s.base_offset;
         }
     }
@@ -374,8 +385,9 @@ impl<'a> KeyCleaner<'a> {
         }
     }
 
-    /// Paces the passes at `bytes_per_second` of batches walked (Kafka's
-    /// `log.cleaner.io.max.bytes.per.second`; 0: no limit).
+    /// Paces the passes at `bytes_per_second` of batches walked — read in the key-map pass
+    /// and read again in the rewrite pass; the rewrite's writes (at most what was read) are
+    /// not counted (Kafka's `log.cleaner.io.max.bytes.per.second` counts both; 0: no limit).
     pub fn with_io_limit(mut self, bytes_per_second: u64) -> Self {
         self.io_limit = bytes_per_second;
         self
@@ -536,7 +548,7 @@ pub async fn maybe_compact(
     now_ms: i64,
     memo: &mut CleanerMemo,
 ) {
-    if p.topic.starts_with("__") {
+    if p.topic == crate::groups::OFFSETS_TOPIC || memo.uncleanable.contains(&p.key) {
         return;
     }
     let horizon_due = memo.horizons.get(&p.key).is_some_and(|h| now_ms >= *h);
@@ -588,7 +600,9 @@ pub async fn maybe_compact(
         }
         Err(e) => {
             m.compaction_failed.inc();
-            warn!(topic = %p.topic, partition = p.key.1, error = %e, "compaction failed");
+            memo.uncleanable.insert(p.key);
+            error!(topic = %p.topic, partition = p.key.1, error = %e,
+                "compaction failed: the partition is not compacted again until the broker restarts");
         }
     }
 }
@@ -971,6 +985,19 @@ mod tests {
         };
         let d = decide(&segs, 0, &lag, TS + 1000, false).unwrap();
         assert_eq!(d.end, 10);
+        // ...counting dirty segments only: a clean one from a clock ahead blocks nothing.
+        let skewed = [
+            seg(0, 10, 100, TS + 10_000),
+            seg(10, 20, 100, TS + 100),
+            seg(20, 30, 100, TS + 200),
+        ];
+        let eager_lag = CompactRules {
+            min_cleanable_ratio: 0.1,
+            min_lag_ms: 850,
+            ..rules
+        };
+        let d = decide(&skewed, 10, &eager_lag, TS + 1000, false).unwrap();
+        assert_eq!(d.end, 20);
         // max.compaction.lag.ms: overdue dirty data goes whatever the ratio.
         let max = CompactRules {
             max_lag_ms: 500,

@@ -116,7 +116,7 @@ pub struct Config {
     pub batch_cache_bytes: u64,
     /// How often a shard applies retention and segment.ms rolls.
     pub log_retention_check_interval: Duration,
-    /// Bytes per second one shard's compaction reads and writes at most (0: no limit).
+    /// Bytes per second one shard's compaction reads at most (both passes; 0: no limit).
     pub log_cleaner_io_max_bytes_per_second: u64,
     /// Cap on one I/O of the segment files: the data dir's device `max_sectors_kb`, read at
     /// start (`spate_storage::dma::device_max_io`); the 128 KiB default until then.

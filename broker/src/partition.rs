@@ -185,12 +185,19 @@ impl Partition {
             let plan = self.log.borrow().plan_read(offset, 1 << 20)?;
             let read = match plan.run().await {
                 Ok(read) => read,
-                // Damaged data is never visited: the scan ends before it (reported once).
+                // Damaged data is never visited; the scan goes on after it (a replay that
+                // stopped there would lose every later group commit or producer batch).
                 Err(e) if e.is_corrupt() => {
                     self.report_corruption();
-                    warn!(topic = %self.topic, partition = self.key.1, offset,
-                        "batch scan stops at a damaged batch");
-                    break;
+                    let Some(next) = self.first_readable_after(offset, end).await? else {
+                        warn!(topic = %self.topic, partition = self.key.1, offset,
+                            "batch scan: nothing readable after a damaged batch");
+                        break;
+                    };
+                    warn!(topic = %self.topic, partition = self.key.1, from = offset,
+                        to = next, "batch scan skips the offsets of a damaged batch");
+                    offset = next;
+                    continue;
                 }
                 Err(e) => return Err(e),
             };
@@ -215,6 +222,44 @@ impl Partition {
             glommio::yield_if_needed().await;
         }
         Ok(None)
+    }
+
+    /// The first offset after `damaged` (where a read fails as corrupt) at which a read
+    /// succeeds, below `end`: exponential probing, then bisection (reads inside the damaged
+    /// batch fail, reads from its end on succeed), so a few reads, however long the batch.
+    async fn first_readable_after(&self, damaged: u64, end: u64) -> Result<Option<u64>, LogError> {
+        let ok = |o: u64| async move {
+            let plan = self.log.borrow().plan_read(o, 1)?;
+            match plan.run().await {
+                Ok(_) => Ok(true),
+                Err(e) if e.is_corrupt() => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let (mut lo, mut step) = (damaged, 1u64);
+        let mut hi = loop {
+            let probe = lo.saturating_add(step);
+            if probe >= end {
+                if lo + 1 < end && ok(end - 1).await? {
+                    break end - 1;
+                }
+                return Ok(None);
+            }
+            if ok(probe).await? {
+                break probe;
+            }
+            lo = probe;
+            step = step.saturating_mul(2);
+        };
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if ok(mid).await? {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Ok(Some(hi))
     }
 
     /// DeleteRecords: moves the log start to `offset` (-1: the high watermark) and persists
@@ -771,12 +816,17 @@ impl PartitionManager {
             deleted: Cell::new(false),
         });
         let stable = p.log.borrow().stable_offset();
+        let mut refused = true;
         let from = match snapshot {
-            Ok(None) => 0,
+            Ok(None) => {
+                refused = false;
+                0
+            }
             Ok(Some(bytes)) => match ProducerStates::decode_snapshot(&bytes) {
                 Ok((offset, states)) if offset <= stable => {
                     *p.producers.borrow_mut() = states;
                     p.snapshot_offset.set(offset);
+                    refused = false;
                     offset
                 }
                 Ok((offset, _)) => {
@@ -796,6 +846,17 @@ impl PartitionManager {
                 0
             }
         };
+        if refused {
+            // A refused snapshot must not be trusted later (say the log grows past its offset
+            // again with a different history, then a crash comes before the next snapshot).
+            let dir = p.path.clone();
+            let removed = glommio::executor()
+                .spawn_blocking(move || remove_snapshot_file(&dir))
+                .await;
+            if let Err(e) = removed {
+                warn!(%topic, partition = key.1, error = %e, "removing a refused producer-state snapshot");
+            }
+        }
         p.rebuild_producer_state(from)
             .await
             .map_err(|e| e.to_string())?;
@@ -856,6 +917,14 @@ fn write_snapshot_file(dir: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+}
+
+/// Removes a partition's producer-state snapshot (refused at open).
+fn remove_snapshot_file(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(SNAPSHOT_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// A partition's producer-state snapshot, if it has one.

@@ -243,3 +243,43 @@ def test_flipped_byte_in_the_active_segment(fresh_broker):
     reported_once(b, topic, victim.name, pos, bad)
     assert any("damaged batch inside the data" in ln
                for ln in b.log_path.read_text(errors="replace").splitlines()[-400:])
+
+
+def test_a_damaged_offset_commit_does_not_hide_the_later_ones(fresh_broker):
+    """The coordinator replays __consumer_offsets past a damaged batch: the commits after it
+    are all there after a restart (a replay that stopped at the damage lost them, and the
+    coordinator's snapshot compaction would then have deleted them for good)."""
+    b = fresh_broker
+    admin = confluent_admin(b.bootstrap)
+    topic = unique_topic("corrupt-commits")
+    create(admin, [NewTopic(topic, 1, 1)])
+    group = unique_topic("g")
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        for o in (1, 2, 3):
+            c.commit(offsets=[TopicPartition(topic, 0, o)], asynchronous=False)
+    finally:
+        c.close()
+    # The group's __consumer_offsets partition: the only one written to.
+    [d] = [d for d in (partition_dir(b, admin, "__consumer_offsets", q) for q in range(16))
+           if segments(d)]
+    b.stop()
+    seg = segments(d)[-1]
+    batches = batches_in(seg)
+    assert len(batches) >= 3, batches
+    # The first commit's batch: flip a byte of its records.
+    base, _, pos, length = batches[-3]
+    at = pos + 61 + (length - 61) // 2
+    data = bytearray(seg.read_bytes())
+    data[at] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    b.start()
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        got = c.committed([TopicPartition(topic, 0)], timeout=30)
+        assert got[0].offset == 3, got
+    finally:
+        c.close()
+    assert "batch scan skips the offsets of a damaged batch" in b.log_tail(200_000)

@@ -139,6 +139,7 @@ def test_producer_state_snapshot_crash_and_damage(fresh_broker):
     snaps[0].write_bytes(b"SPPS\x01" + b"\x00" * 7 + b"garbage")
     b.start()
     assert "unreadable producer-state snapshot" in b.log_tail(200_000)
+    assert not snaps[0].exists(), "a refused snapshot is removed, never trusted later"
     dup = produce(b, topic, third)
     assert (dup.error_code, dup.base_offset) == (0, 10)
     gap = produce(b, topic, batch(pid, epoch, 14, 1, "d"))

@@ -247,6 +247,29 @@ pub fn empty_batch(h: &BatchHeader) -> Bytes {
     Bytes::from(b)
 }
 
+/// A batch with no records covering the offsets `base..=last` (producer id, epoch and sequence
+/// -1, no attributes, no timestamp): what compaction writes in place of the batches it
+/// removes, so a compacted log's offsets still follow on batch after batch (Kafka leaves
+/// gaps; clients skip empty batches either way). `last - base` must fit an `i32`.
+pub fn filler_batch(base: i64, last: i64, leader_epoch: i32) -> Bytes {
+    let h = BatchHeader {
+        base_offset: base,
+        batch_length: MIN_BATCH_LENGTH as i32,
+        partition_leader_epoch: leader_epoch,
+        magic: MAGIC_V2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: i32::try_from(last - base).unwrap_or(i32::MAX),
+        base_timestamp: -1,
+        max_timestamp: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: 0,
+    };
+    empty_batch(&h)
+}
+
 /// One validated v2 record batch, held as zero-copy `Bytes` (typically a slice of a request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordBatch {

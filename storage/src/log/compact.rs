@@ -65,7 +65,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::appender::Appender;
-use super::batch::{check_first, empty_batch, BatchHeader, BATCH_HEADER_LEN, MIN_BATCH_LENGTH};
+use super::batch::{
+    check_first, empty_batch, filler_batch, BatchHeader, BATCH_HEADER_LEN, MIN_BATCH_LENGTH,
+};
 use super::file::{align_up, read_small_file, write_small_file, IoBuf, SegmentDir, SegmentFile};
 use super::index::{IndexMeta, LastBatch, SegmentIndex, NO_TIMESTAMP};
 use super::manifest::{self, Manifest, ManifestSegment};
@@ -703,6 +705,9 @@ impl<D: SegmentDir> CompactionJob<D> {
         )
         .await?;
         let mut old = Vec::with_capacity(segs.len());
+        // Offsets of removed batches not yet covered: (base, last, leader epoch). They are
+        // written as one empty filler batch before the next batch kept, so offsets follow on.
+        let mut removed: Option<(i64, i64, i32)> = None;
         for (k, s) in segs.iter().enumerate() {
             let file = s.file().await?;
             let mut r = BatchReader::new(
@@ -724,10 +729,25 @@ impl<D: SegmentDir> CompactionJob<D> {
                 {
                     Filtered::Keep => Some(bytes),
                     Filtered::Drop if last => Some(empty_batch(&h)),
-                    Filtered::Drop => None,
+                    Filtered::Drop => {
+                        removed = Some(match removed {
+                            Some((base, _, epoch)) => (base, h.last_offset(), epoch),
+                            None => (h.base_offset, h.last_offset(), h.partition_leader_epoch),
+                        });
+                        None
+                    }
                     Filtered::Replace(b) => Some(checked_replacement(&s.name, at, &h, b, s)?),
                 };
                 if let Some(b) = out {
+                    if let Some((mut base, last, epoch)) = removed.take() {
+                        while base <= last {
+                            let end = last.min(base + i64::from(i32::MAX));
+                            let f = filler_batch(base, end, epoch);
+                            let fh = BatchHeader::decode(&f).expect("a built batch");
+                            w.append(&fh, &f).await?;
+                            base = end + 1;
+                        }
+                    }
                     let nh = BatchHeader::decode(&b).expect("a checked batch");
                     w.append(&nh, &b).await?;
                 }

@@ -224,10 +224,17 @@ async fn contradicted<S: ByteSource>(
     }
 }
 
+/// Whether readers and recovery accept a forward jump in offsets as a gap compaction left.
+/// Off: compaction fills the offsets of the batches it removes with empty batches
+/// (`compact`), so offsets always follow on and a jump is damage — a base offset (outside the
+/// CRC) flipped in a segment's last batch, with no batch after it to contradict it, passed
+/// as a gap and moved the log end by 2^40 (review of the compaction change).
+const ACCEPT_GAPS: bool = false;
+
 /// Whether batch `h` (at the cursor), whose base offset is not `expect` (the offset after the
 /// batch walked over before it, `prev` = its position and header), follows a gap compaction
 /// left: it starts later, the batch before is intact (so its offset count is right), and the
-/// batch after it does not contradict its base offset.
+/// batch after it does not contradict its base offset. Never, unless [`ACCEPT_GAPS`].
 async fn gap_after<S: ByteSource>(
     cur: &mut Cursor<'_, S>,
     prev: Option<(u64, BatchHeader)>,
@@ -235,6 +242,9 @@ async fn gap_after<S: ByteSource>(
     expect: u64,
     max_batch_bytes: usize,
 ) -> Result<bool, LogError> {
+    if !ACCEPT_GAPS {
+        return Ok(false);
+    }
     match prev {
         Some((ppos, ph)) if h.base_offset > expect as i64 => {
             let at = cur.pos;
@@ -327,7 +337,8 @@ pub(crate) async fn read_batches<S: ByteSource>(
             // checked while walking): then its offsets are those up to this batch's base,
             // and `offset` must not be one of them. If it is intact, a forward jump is a gap
             // compaction left (whole batches removed).
-            let gap = prev.is_some()
+            let gap = ACCEPT_GAPS
+                && prev.is_some()
                 && h.base_offset > expect as i64
                 && !contradicted(&mut cur, at, &h, max_batch_bytes).await?;
             let explained = match prev {
@@ -657,7 +668,8 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
             // left (whole batches removed).
             Ok(h)
                 if h.base_offset == next as i64
-                    || (h.base_offset > next as i64
+                    || (ACCEPT_GAPS
+                        && h.base_offset > next as i64
                         && !contradicted(&mut cur, pos, &h, max_batch_bytes).await?) =>
             {
                 next = h.base_offset as u64;

@@ -1774,6 +1774,34 @@ fn damage_outside_the_crc_and_in_walked_over_headers() {
     assert_eq!(found.len(), 1, "{found:?}");
 }
 
+/// A base offset (outside the CRC) flipped in the log's last batch — no batch after it to
+/// contradict it — must not pass as a gap: before compaction filled removed offsets, the
+/// recovery scan took it for one and moved the log end by 2^40 (review finding).
+#[test]
+fn a_flipped_base_offset_in_the_last_batch_is_damage_not_a_gap() {
+    let dir = FaultyDir::new(26);
+    let (mut log, _) = open(&dir);
+    let want = fill_segments(&mut log, 33);
+    let end = log.log_end_offset();
+    let (seg, pos) = batch_at(&log, &want, end - 1);
+    drop(log);
+    dir.crash(CrashMode::DropUnsynced);
+    flip(&dir, &seg, pos as usize + 3);
+    let (log, report) = open(&dir);
+    assert!(
+        log.log_end_offset() <= end,
+        "log end {} > {end}: {report:?}",
+        log.log_end_offset()
+    );
+    assert!(
+        report.truncated.is_some() || !report.damaged_batches.is_empty(),
+        "{report:?}"
+    );
+    // What is served is exactly what was written, below the damage.
+    let (got, _) = read_until_error(&log, usize::MAX);
+    assert_eq!(got[..], want[..got.len()]);
+}
+
 #[test]
 fn dma_io_cap_below_the_write_chunk_splits_reads_and_writes() {
     use super::file::DmaDir;
