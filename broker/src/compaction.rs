@@ -35,7 +35,9 @@
 //!   from the records kept (CreateTime). A batch losing every record goes — except the last
 //!   batch of an idempotent producer, kept empty (Kafka's `RETAIN_EMPTY`), and the last batch
 //!   of a segment (storage keeps it empty so segments follow on; a 61-byte header).
-//! * Offsets never change: a consumer sees gaps; reads in a gap return the next batch.
+//! * Offsets never change: a consumer sees gaps between the records; in the log, the offsets
+//!   of removed batches are covered by empty filler batches (clients skip them), so a read at
+//!   any offset finds the batch holding it.
 //!
 //! Internal topics (`__consumer_offsets`) are left to their own snapshot compaction in
 //! [`crate::groups`]: running both would be safe record-wise but would race the

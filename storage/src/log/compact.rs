@@ -10,13 +10,13 @@
 //!
 //! * Only closed segments are rewritten, durable and with complete index files
 //!   ([`PartitionLog::cleanable_segments`]); never the active one, so appends never wait.
-//! * Offsets are preserved: a dropped batch leaves a gap in the offsets, and a read at an
-//!   offset in a gap returns the next batch (the readers walk forward over gaps; the sparse
-//!   index lookup of an offset before a segment's first batch gives that batch). The *last*
-//!   batch of every rewritten segment always stays — as an empty batch
+//! * Offsets are preserved and follow on: the offsets of a run of dropped batches are covered
+//!   by one empty filler batch ([`super::batch::filler_batch`], written before the next
+//!   batch kept), so readers and recovery never see a jump (they treat one as damage). The
+//!   *last* batch of every rewritten segment always stays — as an empty batch
 //!   ([`super::batch::empty_batch`]) if the cleaner drops it — so segments still follow on
-//!   without a gap between them (recovery cuts the log at such a gap: it is what an
-//!   interrupted suffix truncation leaves).
+//!   (recovery cuts the log at a gap between segments: it is what an interrupted suffix
+//!   truncation leaves).
 //! * Consecutive segments are merged while their sizes add up to at most `max_group_bytes`
 //!   (Kafka groups up to `segment.bytes`); the new segment takes the first one's name.
 //! * The cleaner checkpoint (file [`CLEANER_CHECKPOINT`]: where the mapped part ended) is
@@ -91,7 +91,7 @@ const CHECKPOINT_VERSION: u32 = 1;
 pub enum Filtered {
     /// Keep the batch as it is.
     Keep,
-    /// Drop the whole batch (its offsets become a gap).
+    /// Drop the whole batch (its offsets go to an empty filler batch).
     Drop,
     /// Replace it by this batch: one valid v2 batch with the same base offset and last offset
     /// (its records a subset of the original's, Kafka's rule for compacted batches).

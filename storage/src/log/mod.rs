@@ -37,11 +37,11 @@
 //!   ([`recovery`]). First it finishes or discards a compaction a crash interrupted.
 //! * Compaction ([`compact`]): closed segments are rewritten with what the owner's
 //!   [`compact::Cleaner`] keeps (the broker decides per record; storage never parses
-//!   records) and swapped in crash-safely (`.cleaned` → `.swap` → `.log`). Offsets are kept,
-//!   so a compacted segment has gaps where whole batches went, and a batch may hold fewer
-//!   records than offsets (even none): readers walk forward over a gap when the batch before
-//!   it verifies (and the one after does not contradict it), a read at an offset in a gap
-//!   returns the next batch, and segments still follow on without a gap between them.
+//!   records) and swapped in crash-safely (`.cleaned` → `.swap` → `.log`). Offsets are kept
+//!   and still follow on batch after batch: the offsets of removed batches are covered by an
+//!   empty filler batch ([`batch::filler_batch`]), and a batch may hold fewer records than
+//!   offsets (even none). Readers and recovery accept no jump in offsets (it is damage: a
+//!   flipped base offset lies outside the CRC).
 
 pub mod appender;
 pub mod batch;
