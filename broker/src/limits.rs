@@ -21,6 +21,14 @@ pub const REPLICATION_FACTOR_MAX: i16 = 16;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Messages queued per shard-to-shard direction before senders wait.
 pub const MESH_QUEUE_MAX: usize = 1024;
+/// What the records section of one batch may decompress to. A compressed batch can expand a
+/// thousandfold (1 MiB of gzip'd zeros is ~1 GiB) and the broker decompresses on the shard's
+/// reactor to validate every record, so without a bound one produce request could allocate
+/// gigabytes and stall the shard for seconds. Kafka has no such bound (it streams on one of
+/// many handler threads); 64 MiB is 64 times Kafka's default `max.message.bytes` (1 MiB, which
+/// limits the compressed size), far above what clients' batching produces (librdkafka's
+/// `batch.size` is 1 MB of records, Java's 16 KiB). Past it: INVALID_RECORD.
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
 /// Memory one log compaction's key map may take per shard (Kafka's
 /// `log.cleaner.dedupe.buffer.size` is 128 MiB for all cleaner threads): 32 MiB at about 48
 /// bytes per key (a 16-byte key hash, the offset, the hash table's slack) maps ~700k keys in

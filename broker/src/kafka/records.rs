@@ -60,21 +60,40 @@ pub fn plain_records(batch: &RecordBatch) -> Result<Bytes, RecordError> {
             ));
         }
     }
-    decompress(codec, payload).map_err(|e| corrupt(format!("decompressing the records: {e}")))
+    decompress(codec, payload).map_err(|e| {
+        if format!("{e:#}").contains("exceeds the limit") {
+            RecordError {
+                index: None,
+                code: ResponseError::InvalidRecord,
+                message: format!(
+                    "the records decompress to more than {} bytes",
+                    crate::limits::DECOMPRESSED_BATCH_BYTES_MAX
+                ),
+            }
+        } else {
+            corrupt(format!("decompressing the records: {e}"))
+        }
+    })
 }
 
 /// Decompresses a records section with codec id `codec` (0 none … 4 zstd).
-pub fn decompress(codec: usize, mut data: Bytes) -> anyhow::Result<Bytes> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+/// The output is bounded by [`crate::limits::DECOMPRESSED_BATCH_BYTES_MAX`] (an error whose
+/// text says "exceeds the limit" past it).
+pub fn decompress(codec: usize, data: Bytes) -> anyhow::Result<Bytes> {
+    decompress_bounded(codec, data, crate::limits::DECOMPRESSED_BATCH_BYTES_MAX)
+}
+
+fn decompress_bounded(codec: usize, mut data: Bytes, limit: usize) -> anyhow::Result<Bytes> {
+    use kafka_protocol::compression::{with_output_limit, Decompressor, Gzip, Lz4, Snappy, Zstd};
     let take = |out: &mut Bytes| Ok(out.clone());
-    match codec {
+    with_output_limit(limit, || match codec {
         0 => Ok(data),
         1 => <Gzip as Decompressor<Bytes>>::decompress(&mut data, take),
         2 => <Snappy as Decompressor<Bytes>>::decompress(&mut data, take),
         3 => <Lz4 as Decompressor<Bytes>>::decompress(&mut data, take),
         4 => <Zstd as Decompressor<Bytes>>::decompress(&mut data, take),
         other => anyhow::bail!("unknown codec {other}"),
-    }
+    })
 }
 
 /// Compresses a records section with codec id `codec` (0 none … 4 zstd; LZ4 frames with
@@ -149,6 +168,26 @@ pub fn check_records(plain: &[u8], record_count: i32, need_keys: bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decompression_output_is_bounded_for_every_codec() {
+        let plain = vec![0u8; 3 << 20];
+        for codec in 1..=4 {
+            let packed = compress(codec, &plain).unwrap();
+            assert!(
+                packed.len() < 1 << 20,
+                "codec {codec}: {} bytes",
+                packed.len()
+            );
+            let back = decompress_bounded(codec, packed.clone(), 4 << 20).unwrap();
+            assert_eq!(back.len(), plain.len(), "codec {codec}");
+            let err = decompress_bounded(codec, packed, 1 << 20).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("exceeds the limit"),
+                "codec {codec}: {err:#}"
+            );
+        }
+    }
 
     /// One record: zigzag varints as Kafka writes them.
     fn record(offset_delta: u8, key: Option<&[u8]>) -> Vec<u8> {

@@ -99,3 +99,26 @@ def test_compacted_topic_requires_keys(broker):
     r = produce_retrying(broker, topic, batch(0, records(2, key=None), 2))
     assert r.error_code == INVALID_RECORD
     assert produce_retrying(broker, topic, batch(0, records(2), 2)).error_code == 0
+
+
+@pytest.mark.spate_only
+def test_a_decompression_bomb_is_refused_without_stalling(broker, bad_topic):
+    """A 100 KB gzip batch whose one record decompresses to 80 MiB: Spate decompresses on the
+    shard's reactor to validate records, so it bounds the output (64 MiB,
+    `limits::DECOMPRESSED_BATCH_BYTES_MAX`) and answers INVALID_RECORD at once, log
+    unchanged. (Kafka streams the records on a handler thread and would take it.)"""
+    value = b"\0" * (80 << 20)
+    rec = kw.encode_record(kw.Record(b"k", value, [], 0, 0))
+    bomb = batch(1, gzip.compress(rec, compresslevel=9), 1)
+    assert len(bomb) < 200_000
+    t = time.monotonic()
+    r = produce_retrying(broker, bad_topic, bomb)
+    assert r.error_code == INVALID_RECORD
+    assert time.monotonic() - t < 5
+    hw = kw.list_offsets_v1(broker.host, broker.port, {bad_topic: [(0, -1)]})
+    assert hw[(bad_topic, 0)][2] == 1
+    # A big batch well under the limit still goes through (on a topic of its own).
+    topic = unique_topic("bigok")
+    create(confluent_admin(broker.bootstrap), [NewTopic(topic, 1, 1)])
+    ok = batch(1, gzip.compress(kw.encode_record(kw.Record(b"k", b"\0" * (8 << 20), [], 0, 0))), 1)
+    assert produce_retrying(broker, topic, ok).error_code == 0

@@ -41,8 +41,12 @@ impl<B: ByteBuf> Decompressor<B> for Gzip {
     {
         let mut tmp = BytesMut::new();
 
-        // Decompress directly from the input buffer
-        let mut d = GzDecoder::new((&mut tmp).writer());
+        // Decompress directly from the input buffer (Spate patch: bounded output)
+        let limit = super::output_limit();
+        let mut d = GzDecoder::new(super::LimitedWriter {
+            buf: &mut tmp,
+            limit,
+        });
         d.write_all(&buf.copy_to_bytes(buf.remaining()))
             .context("Failed to decompress gzip")?;
         d.finish().context("Failed to decompress gzip")?;

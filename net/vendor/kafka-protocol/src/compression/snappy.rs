@@ -81,6 +81,11 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
         {
             let compressed = compressed.copy_to_bytes(compressed.remaining());
             let actual_len = decompress_len(&compressed).context("failed to read snappy header")?;
+            // Spate patch: bounded output.
+            let limit = super::output_limit();
+            if actual_len > limit {
+                return Err(super::over_limit(limit)).context("failed to decompress raw snappy bytes");
+            }
             let mut tmp = BytesMut::zeroed(actual_len);
             Decoder::new()
                 .decompress(&compressed, &mut tmp)
@@ -105,6 +110,11 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
             let uncompressed_block_length = decompress_len(&compressed_block)
                 .context("failed to get snappy uncompressed length")?;
             let uncompressed_block_start = uncompressed.len();
+            // Spate patch: bounded output.
+            let limit = super::output_limit();
+            if uncompressed_block_start.saturating_add(uncompressed_block_length) > limit {
+                return Err(super::over_limit(limit)).context("failed to decompress snappy block");
+            }
             uncompressed.resize(
                 uncompressed_block_start.saturating_add(uncompressed_block_length),
                 0,

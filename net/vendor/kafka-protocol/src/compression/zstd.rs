@@ -34,12 +34,17 @@ impl<B: ByteBuf> Decompressor<B> for Zstd {
     where
         F: FnOnce(&mut Self::Buf) -> Result<R>,
     {
-        let mut tmp = BytesMut::new().writer();
+        let mut tmp = BytesMut::new();
         // Allocate a temporary buffer to hold the uncompressed bytes
         let buf = buf.copy_to_bytes(buf.remaining());
-        zstd::stream::copy_decode(buf.reader(), &mut tmp).context("Failed to decompress zstd")?;
+        // Spate patch: bounded output.
+        let mut out = super::LimitedWriter {
+            buf: &mut tmp,
+            limit: super::output_limit(),
+        };
+        zstd::stream::copy_decode(buf.reader(), &mut out).context("Failed to decompress zstd")?;
 
-        f(&mut tmp.into_inner().into())
+        f(&mut tmp.into())
     }
 }
 
