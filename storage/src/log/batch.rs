@@ -125,9 +125,21 @@ impl BatchHeader {
         LOG_OVERHEAD + self.batch_length as usize
     }
 
-    /// Offset of the batch's last record.
+    /// Offset of the batch's last record (`base_offset - 1` for a zero-width batch).
     pub fn last_offset(&self) -> i64 {
         self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    /// The offset after the batch: where the next batch starts.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+
+    /// A zero-width control batch: no records, `last_offset_delta = -1`, so it occupies no
+    /// offset (the batch after it has the same base offset). How a Raft leader no-op is
+    /// stored without shifting Kafka offsets (raft/README.md).
+    pub fn is_zero_width(&self) -> bool {
+        self.record_count == 0 && self.last_offset_delta == -1 && self.attributes & 0x20 != 0
     }
 }
 
@@ -163,10 +175,9 @@ pub fn check_first(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Ba
         });
     }
     // A zero-width control batch (no records, last offset delta -1: it occupies no offset)
-    // is how a Raft no-op may be stored without shifting Kafka offsets (raft/README.md).
-    let zero_width = h.record_count == 0 && h.last_offset_delta == -1 && h.attributes & 0x20 != 0;
+    // is how a Raft no-op is stored without shifting Kafka offsets (raft/README.md).
     if h.record_count < 0
-        || (h.last_offset_delta < 0 && !zero_width)
+        || (h.last_offset_delta < 0 && !h.is_zero_width())
         || i64::from(h.record_count) > i64::from(h.last_offset_delta) + 1
     {
         return Err(BatchError::RecordCount {
@@ -247,6 +258,27 @@ pub fn empty_batch(h: &BatchHeader) -> Bytes {
     Bytes::from(b)
 }
 
+/// A zero-width control batch ([`BatchHeader::is_zero_width`]) at base offset 0 (the log
+/// stamps the real one) in `leader_epoch`: no records, no producer, no timestamp.
+pub fn zero_width_control_batch(leader_epoch: i32) -> Bytes {
+    let h = BatchHeader {
+        base_offset: 0,
+        batch_length: MIN_BATCH_LENGTH as i32,
+        partition_leader_epoch: leader_epoch,
+        magic: MAGIC_V2,
+        crc: 0,
+        attributes: 0x20,
+        last_offset_delta: -1,
+        base_timestamp: -1,
+        max_timestamp: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: 0,
+    };
+    empty_batch(&h)
+}
+
 /// A batch with no records covering the offsets `base..=last` (producer id, epoch and sequence
 /// -1, no attributes, no timestamp): what compaction writes in place of the batches it
 /// removes, so a compacted log's offsets still follow on batch after batch (Kafka leaves
@@ -299,6 +331,25 @@ impl RecordBatch {
         Ok(Self { header, bytes })
     }
 
+    /// Validates a zero-width control batch ([`BatchHeader::is_zero_width`]), which only the
+    /// Raft layer writes; [`Self::validate`] refuses it, as produce must.
+    pub fn validate_zero_width(bytes: Bytes, max_batch_bytes: usize) -> Result<Self, BatchError> {
+        let header = check_first(&bytes, max_batch_bytes)?;
+        if !header.is_zero_width() {
+            return Err(BatchError::RecordCount {
+                record_count: header.record_count,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
+        if header.total_len() != bytes.len() {
+            return Err(BatchError::TrailingBytes {
+                total: header.total_len(),
+                have: bytes.len(),
+            });
+        }
+        Ok(Self { header, bytes })
+    }
+
     pub fn header(&self) -> &BatchHeader {
         &self.header
     }
@@ -321,9 +372,9 @@ impl RecordBatch {
         self.bytes.is_empty()
     }
 
-    /// Number of offsets the batch occupies (`last_offset_delta + 1`).
+    /// Number of offsets the batch occupies (`last_offset_delta + 1`; 0 when zero-width).
     pub fn offset_count(&self) -> u64 {
-        self.header.last_offset_delta as u64 + 1
+        (i64::from(self.header.last_offset_delta) + 1).max(0) as u64
     }
 
     /// A copy of the header with base offset and leader epoch stamped; the appender writes it

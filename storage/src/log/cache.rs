@@ -150,6 +150,11 @@ impl BatchCache {
             if end > bytes.len() || h.base_offset < 0 {
                 return;
             }
+            if h.is_zero_width() {
+                // Never cached: it shares its base offset (the key) with the batch after it.
+                at = end;
+                continue;
+            }
             let mut header = [0u8; BATCH_HEADER_LEN];
             header.copy_from_slice(&bytes[at..at + BATCH_HEADER_LEN]);
             self.insert(

@@ -287,7 +287,7 @@ impl<'a, F: SegmentFile> BatchReader<'a, F> {
                 format!("base offset {} below {}", h.base_offset, self.expect),
             ));
         }
-        self.expect = h.last_offset() as u64 + 1;
+        self.expect = h.next_offset() as u64;
         self.pos = at + h.total_len() as u64;
         Ok(Some((at, h, bytes)))
     }
@@ -629,7 +629,7 @@ impl<D: SegmentDir> CompactionJob<D> {
                 s.max_batch_bytes,
             );
             while let Some((at, h, bytes)) = r.next().await? {
-                if (h.last_offset() as u64) < self.dirty_from {
+                if (h.next_offset() as u64) <= self.dirty_from {
                     continue;
                 }
                 let taken = cleaner

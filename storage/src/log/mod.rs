@@ -952,6 +952,31 @@ impl<D: SegmentDir> PartitionLog<D> {
     /// change. In memory only; durable after a flush. Refused with [`LogError::DiskFull`]
     /// while the disk is full.
     pub fn append(&mut self, batch: &RecordBatch, term: u64) -> Result<Appended, LogError> {
+        let (base, next, segment) = self.append_batch(batch, term)?;
+        // A validated batch holds at least one record: `next > base`.
+        Ok(Appended {
+            base_offset: base,
+            last_offset: next - 1,
+            segment,
+        })
+    }
+
+    /// Appends a zero-width control batch ([`RecordBatch::validate_zero_width`]; a Raft
+    /// leader no-op) at the log end, where it occupies no offset: the next batch gets the
+    /// same base offset. Returns that offset.
+    pub fn append_zero_width(&mut self, batch: &RecordBatch, term: u64) -> Result<u64, LogError> {
+        debug_assert!(batch.header().is_zero_width());
+        let (base, next, _) = self.append_batch(batch, term)?;
+        debug_assert_eq!(base, next);
+        Ok(base)
+    }
+
+    /// [`Self::append`] for any stored batch: `(base offset, next offset, segment)`.
+    fn append_batch(
+        &mut self,
+        batch: &RecordBatch,
+        term: u64,
+    ) -> Result<(u64, u64, u64), LogError> {
         self.check_ok()?;
         if let Some(why) = &self.disk_full {
             return Err(LogError::DiskFull(why.clone()));
@@ -959,7 +984,7 @@ impl<D: SegmentDir> PartitionLog<D> {
         let epoch = i32::try_from(term).map_err(|_| LogError::TermTooLarge(term))?;
         let len = batch.len() as u64;
         let base = self.next_offset;
-        let last = base + batch.offset_count() - 1;
+        let next = base + batch.offset_count();
         let flush_in_flight = self.flush_in_flight;
         let segment_bytes = self.config.segment_bytes;
         let roll = match self.segments.values_mut().next_back() {
@@ -978,7 +1003,7 @@ impl<D: SegmentDir> PartitionLog<D> {
                 s.term != term
                     || s.size() + len > segment_bytes
                     // Relative offsets in the index are 32-bit.
-                    || last - s.base_offset > u64::from(u32::MAX)
+                    || next.saturating_sub(1) - s.base_offset > u64::from(u32::MAX)
             }
         };
         if roll {
@@ -1012,24 +1037,22 @@ impl<D: SegmentDir> PartitionLog<D> {
             len: len as u32,
             crc: h.crc,
         });
-        seg.next_offset = last + 1;
+        seg.next_offset = next;
         let segment = seg.base_offset;
-        self.next_offset = last + 1;
-        if let Some((cache, id)) = &self.cache {
+        self.next_offset = next;
+        // A zero-width batch is never cached: it shares its base offset (the cache's key)
+        // with the batch after it.
+        if let (Some((cache, id)), true) = (&self.cache, next > base) {
             cache.insert(
                 *id,
                 base,
-                last,
+                next - 1,
                 header,
                 batch.bytes().slice(BATCH_HEADER_LEN..),
             );
         }
         self.check_offsets();
-        Ok(Appended {
-            base_offset: base,
-            last_offset: last,
-            segment,
-        })
+        Ok((base, next, segment))
     }
 
     /// A future that completes when every offset below `end_offset` is durable.

@@ -360,7 +360,7 @@ pub(crate) async fn read_batches<S: ByteSource>(
                 }
             }
         }
-        if h.last_offset() as u64 >= offset {
+        if h.next_offset() as u64 > offset {
             if (h.base_offset as u64) < offset {
                 // `offset` lies inside the batch by its offset count, which its CRC covers:
                 // check it now, and if it lies, whether the next batch holds `offset`.
@@ -382,11 +382,11 @@ pub(crate) async fn read_batches<S: ByteSource>(
             }
             break h;
         }
-        expect = h.last_offset() as u64 + 1;
+        expect = h.next_offset() as u64;
         prev = Some((at, h));
         cur.pos += h.total_len() as u64;
     };
-    let mut expect = first.last_offset() as u64 + 1;
+    let mut expect = first.next_offset() as u64;
     let start = cur.pos;
     let mut total = first.total_len();
     cur.pos += total as u64;
@@ -415,7 +415,7 @@ pub(crate) async fn read_batches<S: ByteSource>(
             break;
         }
         total += h.total_len();
-        expect = h.last_offset() as u64 + 1;
+        expect = h.next_offset() as u64;
         cur.pos += h.total_len() as u64;
     }
     let bytes = cur.slice(start, total).await?;
@@ -434,7 +434,7 @@ pub(crate) async fn read_batches<S: ByteSource>(
             // (A forward jump after a verified batch: a gap compaction left.)
             Ok(h) if h.base_offset >= next as i64 => {
                 end += h.total_len();
-                next = h.last_offset() as u64 + 1;
+                next = h.next_offset() as u64;
                 continue;
             }
             Ok(h) => format!("batch has base offset {}, expected {next}", h.base_offset),
@@ -492,7 +492,7 @@ pub(crate) async fn find_timestamp<S: ByteSource>(
         if h.base_offset as u64 >= below {
             return Ok(None);
         }
-        let next = h.last_offset() as u64 + 1;
+        let next = h.next_offset() as u64;
         if h.max_timestamp >= ts && next > from {
             let len = h.total_len();
             let bytes = cur.slice(at, len).await?;
@@ -581,7 +581,7 @@ pub(crate) async fn walk_to<S: ByteSource>(
             len: h.total_len() as u32,
             crc: h.crc,
         });
-        expect = h.last_offset() as u64 + 1;
+        expect = h.next_offset() as u64;
         cur.pos += h.total_len() as u64;
     }
 }
@@ -691,7 +691,7 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
                     crc: h.crc,
                 });
                 batches += 1;
-                next = h.last_offset() as u64 + 1;
+                next = h.next_offset() as u64;
                 pos += len;
                 continue;
             }

@@ -51,6 +51,80 @@ fn split_batches(mut b: &[u8], out: &mut Vec<Bytes>) {
     }
 }
 
+/// Zero-width control batches (Raft leader no-ops) occupy no offset: at offset 0 and between
+/// data batches, through flushes, reads (cached and from disk), a clean reopen and a crash
+/// recovery that scans them.
+#[test]
+fn zero_width_control_batches_occupy_no_offset() {
+    use super::batch::zero_width_control_batch;
+    let dir = FaultyDir::new(31);
+    let (mut log, _) = open(&dir);
+    let zw = || RecordBatch::validate_zero_width(zero_width_control_batch(3), 1 << 20).unwrap();
+    assert!(RecordBatch::validate(zero_width_control_batch(3), 1 << 20).is_err());
+    assert_eq!(log.append_zero_width(&zw(), 3).unwrap(), 0);
+    assert_eq!(log.log_end_offset(), 0);
+    let a = log.append(&batch(3, 50, 1), 3).unwrap();
+    assert_eq!((a.base_offset, a.last_offset), (0, 2));
+    assert_eq!(log.append_zero_width(&zw(), 4).unwrap(), 3);
+    let b = log.append(&batch(2, 50, 2), 4).unwrap();
+    assert_eq!((b.base_offset, b.last_offset), (3, 4));
+    assert_eq!(log.append_zero_width(&zw(), 5).unwrap(), 5);
+    assert_eq!(log.log_end_offset(), 5);
+    block_on(log.flush()).unwrap();
+    let check = |log: &PartitionLog<FaultyDir>| {
+        // Every offset reads the data batch holding it.
+        for (o, base) in [(0, 0), (1, 0), (2, 0), (3, 3), (4, 3)] {
+            let r = block_on(log.read(o, 1)).unwrap();
+            let mut got = Vec::new();
+            split_batches(&r.bytes, &mut got);
+            let first_data = got
+                .iter()
+                .map(|b| check_first(b, 1 << 20).unwrap())
+                .find(|h| !h.is_zero_width())
+                .unwrap();
+            assert_eq!(first_data.base_offset, base, "offset {o}");
+        }
+        assert!(block_on(log.read(5, 1 << 20)).unwrap().bytes.is_empty() || {
+            let r = block_on(log.read(5, 1 << 20)).unwrap();
+            let mut got = Vec::new();
+            split_batches(&r.bytes, &mut got);
+            got.iter().all(|b| check_first(b, 1 << 20).unwrap().is_zero_width())
+        });
+        assert_eq!(log.log_end_offset(), 5);
+        let all = read_all(log);
+        let data: Vec<(i64, i32)> = all
+            .iter()
+            .map(|b| check_first(b, 1 << 20).unwrap())
+            .filter(|h| !h.is_zero_width())
+            .map(|h| (h.base_offset, h.record_count))
+            .collect();
+        assert_eq!(data, vec![(0, 3), (3, 2)]);
+    };
+    check(&log);
+    block_on(log.close()).unwrap();
+    let (mut log, report) = open(&dir);
+    assert!(report.truncated.is_none(), "{report:?}");
+    // With a batch cache: reads fill it, the second round is served from it.
+    let cache = super::cache::BatchCache::new(1 << 20);
+    log.attach_cache(&cache);
+    check(&log);
+    check(&log);
+    // After a crash, recovery scans them.
+    let c = log.append(&batch(1, 50, 3), 5).unwrap();
+    assert_eq!(c.base_offset, 5);
+    block_on(log.flush()).unwrap();
+    drop(log);
+    dir.crash(CrashMode::DropUnsynced);
+    for n in block_on(dir.list()).unwrap() {
+        if n.ends_with(".index") || n == super::manifest::FILE {
+            block_on(dir.remove(&n)).unwrap();
+        }
+    }
+    let (log, report) = open(&dir);
+    assert!(report.truncated.is_none(), "{report:?}");
+    assert_eq!(log.log_end_offset(), 6);
+}
+
 #[test]
 fn append_flush_read_round_trip() {
     let dir = FaultyDir::new(1);
