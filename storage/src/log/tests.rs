@@ -84,12 +84,15 @@ fn zero_width_control_batches_occupy_no_offset() {
                 .unwrap();
             assert_eq!(first_data.base_offset, base, "offset {o}");
         }
-        assert!(block_on(log.read(5, 1 << 20)).unwrap().bytes.is_empty() || {
-            let r = block_on(log.read(5, 1 << 20)).unwrap();
-            let mut got = Vec::new();
-            split_batches(&r.bytes, &mut got);
-            got.iter().all(|b| check_first(b, 1 << 20).unwrap().is_zero_width())
-        });
+        assert!(
+            block_on(log.read(5, 1 << 20)).unwrap().bytes.is_empty() || {
+                let r = block_on(log.read(5, 1 << 20)).unwrap();
+                let mut got = Vec::new();
+                split_batches(&r.bytes, &mut got);
+                got.iter()
+                    .all(|b| check_first(b, 1 << 20).unwrap().is_zero_width())
+            }
+        );
         assert_eq!(log.log_end_offset(), 5);
         let all = read_all(log);
         let data: Vec<(i64, i32)> = all
