@@ -313,29 +313,26 @@ impl RecordBatch {
     /// Validates that `bytes` is exactly one well-formed v2 batch as a producer sends it (see
     /// [`check_first`]; and one record per offset, at least one).
     pub fn validate(bytes: Bytes, max_batch_bytes: usize) -> Result<Self, BatchError> {
-        let header = check_first(&bytes, max_batch_bytes)?;
-        if header.record_count <= 0
-            || i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1
-        {
-            return Err(BatchError::RecordCount {
-                record_count: header.record_count,
-                last_offset_delta: header.last_offset_delta,
-            });
-        }
-        if header.total_len() != bytes.len() {
-            return Err(BatchError::TrailingBytes {
-                total: header.total_len(),
-                have: bytes.len(),
-            });
-        }
-        Ok(Self { header, bytes })
+        Self::validate_with(bytes, max_batch_bytes, |h| {
+            h.record_count > 0 && i64::from(h.record_count) == i64::from(h.last_offset_delta) + 1
+        })
     }
 
     /// Validates a zero-width control batch ([`BatchHeader::is_zero_width`]), which only the
     /// Raft layer writes; [`Self::validate`] refuses it, as produce must.
     pub fn validate_zero_width(bytes: Bytes, max_batch_bytes: usize) -> Result<Self, BatchError> {
+        Self::validate_with(bytes, max_batch_bytes, BatchHeader::is_zero_width)
+    }
+
+    /// [`check_first`], then `counts_ok` on the record count and offset delta, then exactly
+    /// one batch.
+    fn validate_with(
+        bytes: Bytes,
+        max_batch_bytes: usize,
+        counts_ok: impl Fn(&BatchHeader) -> bool,
+    ) -> Result<Self, BatchError> {
         let header = check_first(&bytes, max_batch_bytes)?;
-        if !header.is_zero_width() {
+        if !counts_ok(&header) {
             return Err(BatchError::RecordCount {
                 record_count: header.record_count,
                 last_offset_delta: header.last_offset_delta,

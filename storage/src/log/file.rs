@@ -190,6 +190,21 @@ impl DmaDir {
 
     /// Closes the sentinel handle once the last clone is gone (otherwise glommio warns that a
     /// file was dropped while active).
+    /// Opens `name` read-write for direct I/O, creating it if `create`.
+    async fn open_file(&self, name: &str, create: bool) -> io::Result<DmaSegmentFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(self.inner.path.join(name))
+            .await
+            .map_err(io::Error::from)?;
+        Ok(DmaSegmentFile {
+            file,
+            buffers: self.clone(),
+        })
+    }
+
     pub async fn close(self) -> io::Result<()> {
         match Rc::try_unwrap(self.inner).map(|inner| Rc::try_unwrap(inner.buffers)) {
             Ok(Ok(buffers)) => buffers.close().await.map_err(io::Error::from),
@@ -212,30 +227,11 @@ impl SegmentDir for DmaDir {
 
     async fn open(&self, name: &str) -> io::Result<DmaSegmentFile> {
         // Not `DmaFile::create`: that truncates (O_TRUNC).
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(self.inner.path.join(name))
-            .await
-            .map_err(io::Error::from)?;
-        Ok(DmaSegmentFile {
-            file,
-            buffers: self.clone(),
-        })
+        self.open_file(name, true).await
     }
 
     async fn open_existing(&self, name: &str) -> io::Result<DmaSegmentFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(self.inner.path.join(name))
-            .await
-            .map_err(io::Error::from)?;
-        Ok(DmaSegmentFile {
-            file,
-            buffers: self.clone(),
-        })
+        self.open_file(name, false).await
     }
 
     async fn list(&self) -> io::Result<Vec<String>> {

@@ -357,8 +357,8 @@ fn recompress(
         return Ok(batch.clone());
     }
     let raw = batch.bytes();
-    let packed =
-        compress(target, plain).map_err(|e| format!("compressing as {topic_codec}: {e}"))?;
+    let packed = crate::kafka::records::compress(target, plain)
+        .map_err(|e| format!("compressing as {topic_codec}: {e}"))?;
     let mut b = BytesMut::with_capacity(BATCH_HEADER_LEN + packed.len());
     b.extend_from_slice(&raw[..BATCH_HEADER_LEN]);
     b.extend_from_slice(&packed);
@@ -371,25 +371,6 @@ fn recompress(
     let len = b.len();
     RecordBatch::validate(b.freeze(), max_bytes.max(len))
         .map_err(|e| format!("recompressed batch: {e}"))
-}
-
-fn compress(codec: usize, plain: &[u8]) -> anyhow::Result<BytesMut> {
-    use bytes::BufMut;
-    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
-    let mut out = BytesMut::new();
-    let fill = |tmp: &mut BytesMut| {
-        tmp.put_slice(plain);
-        Ok(())
-    };
-    match codec {
-        0 => out.put_slice(plain),
-        1 => <Gzip as Compressor<BytesMut>>::compress(&mut out, fill)?,
-        2 => <Snappy as Compressor<BytesMut>>::compress(&mut out, fill)?,
-        3 => <Lz4 as Compressor<BytesMut>>::compress(&mut out, fill)?,
-        4 => <Zstd as Compressor<BytesMut>>::compress(&mut out, fill)?,
-        other => anyhow::bail!("unknown codec {other}"),
-    }
-    Ok(out)
 }
 
 /// Produce v0–v2 are advertised (Kafka 4 does the same, KAFKA-18659: librdkafka enables
