@@ -205,82 +205,9 @@ async fn verify_at<S: ByteSource>(
     })
 }
 
-/// Whether the batch after `h` (at `at`) starts before `h` ends by `h`'s offsets: then `h`'s
-/// base offset (outside its CRC) is damaged — a forward jump to it is no gap.
-async fn contradicted<S: ByteSource>(
-    cur: &mut Cursor<'_, S>,
-    at: u64,
-    h: &BatchHeader,
-    max_batch_bytes: usize,
-) -> Result<bool, LogError> {
-    let back = cur.pos;
-    cur.pos = at + h.total_len() as u64;
-    let r = cur.checked_header(max_batch_bytes).await;
-    cur.pos = back;
-    match r {
-        Ok(Some(n)) => Ok(n.base_offset <= h.last_offset()),
-        Ok(None) | Err(HeaderError::Bad(_)) => Ok(false),
-        Err(HeaderError::Io(e)) => Err(e),
-    }
-}
-
-/// Whether readers and recovery accept a forward jump in offsets as a gap compaction left.
-/// Off: compaction fills the offsets of the batches it removes with empty batches
-/// (`compact`), so offsets always follow on and a jump is damage — a base offset (outside the
-/// CRC) flipped in a segment's last batch, with no batch after it to contradict it, passed
-/// as a gap and moved the log end by 2^40 (review of the compaction change).
-const ACCEPT_GAPS: bool = false;
-
-/// Whether batch `h` (at the cursor), whose base offset is not `expect` (the offset after the
-/// batch walked over before it, `prev` = its position and header), follows a gap compaction
-/// left: it starts later, the batch before is intact (so its offset count is right), and the
-/// batch after it does not contradict its base offset. Never, unless [`ACCEPT_GAPS`].
-async fn gap_after<S: ByteSource>(
-    cur: &mut Cursor<'_, S>,
-    prev: Option<(u64, BatchHeader)>,
-    h: &BatchHeader,
-    expect: u64,
-    max_batch_bytes: usize,
-) -> Result<bool, LogError> {
-    if !ACCEPT_GAPS {
-        return Ok(false);
-    }
-    match prev {
-        Some((ppos, ph)) if h.base_offset > expect as i64 => {
-            let at = cur.pos;
-            let ok = verify_at(cur, ppos, &ph, max_batch_bytes).await?.is_ok()
-                && !contradicted(cur, at, h, max_batch_bytes).await?;
-            cur.pos = at;
-            Ok(ok)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// [`gap_after`] for a walk that only kept the previous batch's position and base offset.
-async fn gap_at<S: ByteSource>(
-    cur: &mut Cursor<'_, S>,
-    prev: Option<(u64, u64)>,
-    h: &BatchHeader,
-    expect: u64,
-    max_batch_bytes: usize,
-) -> Result<bool, LogError> {
-    let Some((ppos, _)) = prev else {
-        return Ok(false);
-    };
-    let back = cur.pos;
-    cur.pos = ppos;
-    let ph = match cur.checked_header(max_batch_bytes).await {
-        Ok(Some(ph)) => ph,
-        Ok(None) | Err(HeaderError::Bad(_)) => {
-            cur.pos = back;
-            return Ok(false);
-        }
-        Err(HeaderError::Io(e)) => return Err(e),
-    };
-    cur.pos = back;
-    gap_after(cur, Some((ppos, ph)), h, expect, max_batch_bytes).await
-}
+// Offsets always follow on, batch after batch: compaction covers the offsets of the batches
+// it removes with an empty filler batch (`compact`), so any jump is damage — a base offset
+// lies outside the CRC, and a flipped one must never pass as a gap.
 
 fn mismatch(name: &str, pos: u64, reason: String) -> LogError {
     LogError::ReadMismatch {
@@ -322,7 +249,7 @@ pub(crate) async fn read_batches<S: ByteSource>(
     let mut cur = Cursor::new(src, pos, limit, window);
     let mut expect = base;
     let mut damaged = Vec::new();
-    // The batch walked over last, to explain a gap in the offsets.
+    // The batch walked over last, to explain a jump in the offsets.
     let mut prev: Option<(u64, BatchHeader)> = None;
     let first = loop {
         let at = cur.pos;
@@ -335,12 +262,7 @@ pub(crate) async fn read_batches<S: ByteSource>(
         if h.base_offset != expect as i64 {
             // The batch walked over may be damaged in its offset count (under its CRC, not
             // checked while walking): then its offsets are those up to this batch's base,
-            // and `offset` must not be one of them. If it is intact, a forward jump is a gap
-            // compaction left (whole batches removed).
-            let gap = ACCEPT_GAPS
-                && prev.is_some()
-                && h.base_offset > expect as i64
-                && !contradicted(&mut cur, at, &h, max_batch_bytes).await?;
+            // and `offset` must not be one of them. Otherwise this batch is damaged.
             let explained = match prev {
                 Some((ppos, ph)) if h.base_offset > ph.base_offset => {
                     verify_at(&mut cur, ppos, &ph, max_batch_bytes)
@@ -353,7 +275,6 @@ pub(crate) async fn read_batches<S: ByteSource>(
             match explained {
                 Some(c) if h.base_offset as u64 <= offset => damaged.push(c),
                 Some(c) => return Err(c.into()),
-                None if gap => {}
                 None => {
                     let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
                     return Err(corrupt(name, at, expect, why).into());
@@ -401,12 +322,9 @@ pub(crate) async fn read_batches<S: ByteSource>(
                 break;
             }
         };
-        if h.base_offset < expect as i64
-            || (h.base_offset > expect as i64
-                && contradicted(&mut cur, at, &h, max_batch_bytes).await?)
-        {
-            // (A forward jump is a gap compaction left — or the batch before is damaged in
-            // its offset count: the check below finds that one first.)
+        if h.base_offset != expect as i64 {
+            // (Or the batch before is damaged in its offset count: the check below finds that
+            // one first.)
             let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
             cut = Some(corrupt(name, at, expect, why));
             break;
@@ -431,8 +349,7 @@ pub(crate) async fn read_batches<S: ByteSource>(
     let mut next = first.base_offset as u64;
     while end < bytes.len() {
         let why = match check_first(&bytes[end..], max_batch_bytes) {
-            // (A forward jump after a verified batch: a gap compaction left.)
-            Ok(h) if h.base_offset >= next as i64 => {
+            Ok(h) if h.base_offset == next as i64 => {
                 end += h.total_len();
                 next = h.next_offset() as u64;
                 continue;
@@ -474,7 +391,6 @@ pub(crate) async fn find_timestamp<S: ByteSource>(
 ) -> Result<Option<Found>, LogError> {
     let mut cur = Cursor::new(src, pos, bound, 64 * 1024);
     let mut expect = base;
-    let mut prev = None;
     loop {
         let at = cur.pos;
         let h = match cur.checked_header(max_batch_bytes).await {
@@ -483,9 +399,7 @@ pub(crate) async fn find_timestamp<S: ByteSource>(
             Err(HeaderError::Io(e)) => return Err(e),
             Err(HeaderError::Bad(why)) => return Err(corrupt(name, at, expect, why).into()),
         };
-        if h.base_offset != expect as i64
-            && !gap_after(&mut cur, prev, &h, expect, max_batch_bytes).await?
-        {
+        if h.base_offset != expect as i64 {
             let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
             return Err(corrupt(name, at, expect, why).into());
         }
@@ -514,7 +428,6 @@ pub(crate) async fn find_timestamp<S: ByteSource>(
             }));
         }
         expect = next;
-        prev = Some((at, h));
         cur.pos += h.total_len() as u64;
     }
 }
@@ -562,17 +475,8 @@ pub(crate) async fn walk_to<S: ByteSource>(
             Err(HeaderError::Bad(why)) => return Err(corrupt(name, at, expect, why).into()),
         };
         if h.base_offset != expect as i64 {
-            let prev = out.last.map(|l| (l.pos, l.base_offset));
-            if !gap_at(&mut cur, prev, &h, expect, max_batch_bytes).await? {
-                let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
-                return Err(corrupt(name, at, expect, why).into());
-            }
-            // A gap compaction left: `offset` is a boundary only if a batch starts there.
-            expect = h.base_offset as u64;
-            if expect >= offset {
-                out.pos = at;
-                return Ok(if expect == offset { Ok(out) } else { Err(()) });
-            }
+            let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
+            return Err(corrupt(name, at, expect, why).into());
         }
         out.max_ts = out.max_ts.max(h.max_timestamp);
         out.last = Some(LastBatch {
@@ -664,14 +568,7 @@ pub(crate) async fn scan_verify<F: SegmentFile>(
             other => other,
         };
         let reason = match verdict {
-            // Every batch is verified, the one before too: a forward jump is a gap compaction
-            // left (whole batches removed).
-            Ok(h)
-                if h.base_offset == next as i64
-                    || (ACCEPT_GAPS
-                        && h.base_offset > next as i64
-                        && !contradicted(&mut cur, pos, &h, max_batch_bytes).await?) =>
-            {
+            Ok(h) if h.base_offset == next as i64 => {
                 next = h.base_offset as u64;
                 let len = h.total_len() as u64;
                 if first_timestamp == NO_TIMESTAMP && pos == 0 {

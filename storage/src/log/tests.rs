@@ -1879,6 +1879,37 @@ fn a_flipped_base_offset_in_the_last_batch_is_damage_not_a_gap() {
     assert_eq!(got[..], want[..got.len()]);
 }
 
+/// The read side of the same damage: a trusted closed segment (clean restart, no scan)
+/// whose last batch has a flipped base offset. A read walking into it must cut before it,
+/// never serve it at a wrong offset as if compaction had left a gap.
+#[test]
+fn a_read_never_serves_a_batch_whose_base_offset_jumps() {
+    let dir = FaultyDir::new(27);
+    let (mut log, _) = open(&dir);
+    let want = fill_segments(&mut log, 33);
+    let first = log.segments().next().unwrap();
+    let (seg, seg_base, seg_next) = (
+        first.name().to_string(),
+        first.base_offset(),
+        first.next_offset(),
+    );
+    assert!(seg_next > seg_base + 2);
+    let (name, pos) = batch_at(&log, &want, seg_next - 1);
+    assert_eq!(name, seg);
+    block_on(log.close()).unwrap();
+    flip(&dir, &seg, pos as usize + 3);
+    let (log, report) = open(&dir);
+    assert_eq!(
+        report.batches, 0,
+        "a clean restart trusts the segment: {report:?}"
+    );
+    let r = block_on(log.read(seg_base, usize::MAX)).unwrap();
+    assert_eq!(r.next_offset, seg_next - 1, "cut before the damaged batch");
+    let mut got = Vec::new();
+    split_batches(&r.bytes, &mut got);
+    assert_eq!(got[..], want[seg_base as usize..(seg_next - 1) as usize]);
+}
+
 #[test]
 fn dma_io_cap_below_the_write_chunk_splits_reads_and_writes() {
     use super::file::DmaDir;
