@@ -343,6 +343,37 @@ fn many_cfg() -> LogConfig {
     }
 }
 
+/// Runs `f(0..n)` on 64 tasks (their I/O overlaps in io_uring); the results in order.
+async fn bounded<T: 'static, F, Fut>(n: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let slots: Rc<RefCell<Vec<Option<T>>>> = Rc::new(RefCell::new((0..n).map(|_| None).collect()));
+    let next = Rc::new(Cell::new(0usize));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (slots, next, f) = (slots.clone(), next.clone(), f.clone());
+            glommio::spawn_local(async move {
+                loop {
+                    let i = next.get();
+                    if i >= n {
+                        return;
+                    }
+                    next.set(i + 1);
+                    let t = f(i).await;
+                    slots.borrow_mut()[i] = Some(t);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    let slots = Rc::try_unwrap(slots).ok().expect("tasks done").into_inner();
+    slots.into_iter().map(|s| s.expect("done")).collect()
+}
+
 fn part_path(args: &Args, i: usize) -> PathBuf {
     args.dir.join("many").join(format!("p{i:05}"))
 }
@@ -359,77 +390,34 @@ async fn many(args: Args, root: DmaDir, phase: &str) {
     match phase {
         "setup" => {
             // Create with bounded concurrency (the flushes overlap in io_uring).
-            let logs_rc: Rc<RefCell<Vec<Option<PartitionLog<DmaDir>>>>> =
-                Rc::new(RefCell::new((0..n).map(|_| None).collect()));
-            let next = Rc::new(Cell::new(0usize));
-            let mut tasks = Vec::new();
-            for _ in 0..64 {
-                let (logs_rc, next, root, b, args) = (
-                    logs_rc.clone(),
-                    next.clone(),
-                    root.clone(),
-                    b.clone(),
-                    args.clone(),
-                );
-                tasks.push(glommio::spawn_local(async move {
-                    loop {
-                        let i = next.get();
-                        if i >= n {
-                            return;
-                        }
-                        next.set(i + 1);
-                        let mut log = open_part(&root, &part_path(&args, i), many_cfg()).await;
-                        for _ in 0..9 {
-                            log.append(&b, 1).expect("append");
-                        }
-                        log.flush().await.expect("flush");
-                        logs_rc.borrow_mut()[i] = Some(log);
+            let (root, b, args) = (root.clone(), b.clone(), args.clone());
+            logs = bounded(n, move |i| {
+                let (root, b, args) = (root.clone(), b.clone(), args.clone());
+                async move {
+                    let mut log = open_part(&root, &part_path(&args, i), many_cfg()).await;
+                    for _ in 0..9 {
+                        log.append(&b, 1).expect("append");
                     }
-                }));
-            }
-            for t in tasks {
-                t.await;
-            }
-            logs = Rc::try_unwrap(logs_rc)
-                .ok()
-                .expect("tasks done")
-                .into_inner()
-                .into_iter()
-                .map(|l| l.expect("opened"))
-                .collect();
+                    log.flush().await.expect("flush");
+                    log
+                }
+            })
+            .await;
         }
         "open" | "crash" => {
             // Open 64 at a time, as the broker does: their I/O overlaps in io_uring.
-            type Opened = Option<(PartitionLog<DmaDir>, usize, usize)>;
-            let slots: Rc<RefCell<Vec<Opened>>> =
-                Rc::new(RefCell::new((0..n).map(|_| None).collect()));
-            let next = Rc::new(Cell::new(0usize));
-            let mut tasks = Vec::new();
-            for _ in 0..64 {
-                let (slots, next, root, args) =
-                    (slots.clone(), next.clone(), root.clone(), args.clone());
-                tasks.push(glommio::spawn_local(async move {
-                    loop {
-                        let i = next.get();
-                        if i >= n {
-                            return;
-                        }
-                        next.set(i + 1);
-                        let dir = root.sibling(&part_path(&args, i)).await.expect("dir");
-                        let (log, report) =
-                            PartitionLog::open(dir, many_cfg()).await.expect("open");
-                        slots.borrow_mut()[i] =
-                            Some((log, report.trusted_segments, report.batches));
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await;
-            }
-            let slots = Rc::try_unwrap(slots).ok().expect("tasks done").into_inner();
-            for (log, t, b) in slots.into_iter().map(|s| s.expect("opened")) {
-                trusted += t;
-                scanned += b;
+            let (root, args) = (root.clone(), args.clone());
+            let opened = bounded(n, move |i| {
+                let (root, args) = (root.clone(), args.clone());
+                async move {
+                    let dir = root.sibling(&part_path(&args, i)).await.expect("dir");
+                    PartitionLog::open(dir, many_cfg()).await.expect("open")
+                }
+            })
+            .await;
+            for (log, report) in opened {
+                trusted += report.trusted_segments;
+                scanned += report.batches;
                 logs.push(log);
             }
         }
