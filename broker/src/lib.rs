@@ -17,3 +17,12 @@ pub mod retention;
 pub mod rt;
 pub mod shard;
 pub mod view;
+
+/// Wall-clock milliseconds since the Unix epoch (record timestamps, retention and group
+/// clocks); 0 if the clock is before 1970.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -15,7 +15,6 @@
 //! ([`crate::groups`]).
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use glommio::{Latency, Shares};
 use tracing::{info, warn};
@@ -26,13 +25,6 @@ use crate::shard::Shard;
 
 /// Shares of the retention queue (the default queue has 1000).
 const RETENTION_SHARES: usize = 50;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// `-1` (or any negative value) means "no limit", as in Kafka.
 fn limit(v: Option<i64>) -> Option<u64> {
@@ -125,7 +117,7 @@ fn rules(shard: &Shard, topic: &str) -> Option<Rules> {
 }
 
 async fn pass(shard: &Shard) {
-    let now = now_ms();
+    let now = crate::wall_ms();
     for p in shard.partitions.all() {
         if shard.shutdown.is_fired() {
             break;
@@ -163,7 +155,7 @@ async fn compaction_pass(shard: &Shard, memo: &mut CleanerMemo) {
             break;
         }
         if let Some(compact) = rules(shard, &p.topic).and_then(|r| r.compact) {
-            crate::compaction::maybe_compact(shard, &p, &compact, now_ms(), memo).await;
+            crate::compaction::maybe_compact(shard, &p, &compact, crate::wall_ms(), memo).await;
         }
         glommio::yield_if_needed().await;
     }

@@ -139,7 +139,9 @@ impl BatchHeader {
     /// offset (the batch after it has the same base offset). How a Raft leader no-op is
     /// stored without shifting Kafka offsets (raft/README.md).
     pub fn is_zero_width(&self) -> bool {
-        self.record_count == 0 && self.last_offset_delta == -1 && self.attributes & 0x20 != 0
+        self.record_count == 0
+            && self.last_offset_delta == -1
+            && self.attributes & ATTR_CONTROL != 0
     }
 }
 
@@ -258,25 +260,35 @@ pub fn empty_batch(h: &BatchHeader) -> Bytes {
     Bytes::from(b)
 }
 
-/// A zero-width control batch ([`BatchHeader::is_zero_width`]) at base offset 0 (the log
-/// stamps the real one) in `leader_epoch`: no records, no producer, no timestamp.
-pub fn zero_width_control_batch(leader_epoch: i32) -> Bytes {
-    let h = BatchHeader {
-        base_offset: 0,
+/// A batch with no records: base offset, offset delta, leader epoch and attributes given; no
+/// producer, no timestamp.
+fn record_less_batch(
+    base: i64,
+    last_offset_delta: i32,
+    leader_epoch: i32,
+    attributes: i16,
+) -> Bytes {
+    empty_batch(&BatchHeader {
+        base_offset: base,
         batch_length: MIN_BATCH_LENGTH as i32,
         partition_leader_epoch: leader_epoch,
         magic: MAGIC_V2,
         crc: 0,
-        attributes: 0x20,
-        last_offset_delta: -1,
+        attributes,
+        last_offset_delta,
         base_timestamp: -1,
         max_timestamp: -1,
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
         record_count: 0,
-    };
-    empty_batch(&h)
+    })
+}
+
+/// A zero-width control batch ([`BatchHeader::is_zero_width`]) at base offset 0 (the log
+/// stamps the real one) in `leader_epoch`: no records, no producer, no timestamp.
+pub fn zero_width_control_batch(leader_epoch: i32) -> Bytes {
+    record_less_batch(0, -1, leader_epoch, ATTR_CONTROL)
 }
 
 /// A batch with no records covering the offsets `base..=last` (producer id, epoch and sequence
@@ -284,22 +296,8 @@ pub fn zero_width_control_batch(leader_epoch: i32) -> Bytes {
 /// removes, so a compacted log's offsets still follow on batch after batch (Kafka leaves
 /// gaps; clients skip empty batches either way). `last - base` must fit an `i32`.
 pub fn filler_batch(base: i64, last: i64, leader_epoch: i32) -> Bytes {
-    let h = BatchHeader {
-        base_offset: base,
-        batch_length: MIN_BATCH_LENGTH as i32,
-        partition_leader_epoch: leader_epoch,
-        magic: MAGIC_V2,
-        crc: 0,
-        attributes: 0,
-        last_offset_delta: i32::try_from(last - base).unwrap_or(i32::MAX),
-        base_timestamp: -1,
-        max_timestamp: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-        record_count: 0,
-    };
-    empty_batch(&h)
+    let delta = i32::try_from(last - base).unwrap_or(i32::MAX);
+    record_less_batch(base, delta, leader_epoch, 0)
 }
 
 /// One validated v2 record batch, held as zero-copy `Bytes` (typically a slice of a request).

@@ -12,8 +12,6 @@
 //! (duplicates answered with their original offsets). Not yet: transactions (transactional
 //! batches get INVALID_TXN_STATE). Produce v13 addresses topics by id.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
@@ -37,13 +35,6 @@ pub const SERVED_VERSION_MIN: i16 = 3;
 const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 /// Attribute bit of a v2 batch: part of a transaction.
 const ATTR_TRANSACTIONAL: i16 = 0x10;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 struct PartitionPlan {
     error: ResponseError,
@@ -78,7 +69,7 @@ fn with_log_append_time(batch: &RecordBatch, now: i64) -> Result<RecordBatch, Ba
 
 pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
     let shard = &ctx.shard;
-    let now = now_ms();
+    let now = crate::wall_ms();
     let by_id = ctx.version >= 13;
     // (owner shard, result slot, item) for every partition that passes validation.
     let mut items = Vec::new();
