@@ -322,6 +322,15 @@ impl RecordBatch {
         Self::validate_with(bytes, max_batch_bytes, BatchHeader::is_zero_width)
     }
 
+    /// Validates one batch as a log stores it ([`check_first`]'s rules: a compacted batch may
+    /// hold fewer records than offsets, even none; a zero-width control batch is accepted):
+    /// for copying batches from one log to another with their offsets and epochs (a Raft
+    /// follower's segment transfer). Append a zero-width one with
+    /// [`super::PartitionLog::append_zero_width`].
+    pub fn validate_stored(bytes: Bytes, max_batch_bytes: usize) -> Result<Self, BatchError> {
+        Self::validate_with(bytes, max_batch_bytes, |_| true)
+    }
+
     /// [`check_first`], then `counts_ok` on the record count and offset delta, then exactly
     /// one batch.
     fn validate_with(

@@ -53,10 +53,27 @@
 //!
 //! # Concurrency
 //! One job per log. Appends and flushes go on meanwhile (they only touch the active segment
-//! and newly sealed ones). Retention and DeleteRecords may still delete old segments before
-//! step 3: the job is then abandoned (its files removed); from step 3 to 5 the new segments
-//! count as having index files being written, which retention never deletes. Suffix
-//! truncation into the rewritten range is refused ([`LogError::CompactionInFlight`]).
+//! and newly sealed ones; a flush started during the swap leaves the swapped range out of its
+//! checkpoint, and the swap's own checkpoint leaves out segments completed since step 3 —
+//! a segment missing from the checkpoint only costs reading its index files). Retention and
+//! DeleteRecords may still delete old segments before step 3: the job is then abandoned (its
+//! files removed); from step 3 to 5 the new segments count as having index files being
+//! written, which retention never deletes, so it deletes at most segments below the swapped
+//! range (the swap's checkpoint may still list them: recovery skips a listed segment whose
+//! file is gone). Moving the log start ([`PartitionLog::advance_log_start`]) does no I/O.
+//!
+//! Suffix truncation ([`PartitionLog::truncate_suffix`], a Raft follower dropping a divergent
+//! tail) is refused with [`LogError::CompactionInFlight`] — retry once
+//! [`PartitionLog::finish_swap`] is done:
+//! * into the rewritten range, from step 1 to 5;
+//! * anywhere, from step 3 to 5: the swap writes a segment checkpoint (durable end, closed
+//!   segments and their sizes) and the new segments' index files as computed at step 3, and a
+//!   truncation meanwhile would leave them describing segments that it cut or deleted (or
+//!   mark complete a segment it turned into the active one).
+//!
+//! Before step 3 a truncation above the range is fine: step 3 computes the checkpoints from
+//! the log as it then is, and abandons the job if the truncation cut its last segment (a cut
+//! at the range's end makes that segment the active one).
 
 use std::cell::Cell;
 use std::io;
@@ -174,9 +191,14 @@ impl State {
             .filter(|t| t.swapping.get() || Rc::strong_count(t) > 1)
     }
 
-    /// The end of the range a compaction in flight rewrites.
-    pub(crate) fn busy_until(&self) -> Option<u64> {
-        self.in_flight().map(|t| t.end)
+    /// Whether a suffix truncation to `offset` must wait for the compaction in flight: one into
+    /// the range it rewrites, or any one while its swap is in flight (the swap writes a segment
+    /// checkpoint and index files computed by [`PartitionLog::finish_compaction`], which a
+    /// truncation would make stale). `Some(end of the rewritten range)` when refused.
+    pub(crate) fn refuses_truncation(&self, offset: u64) -> Option<u64> {
+        self.in_flight()
+            .filter(|t| t.swapping.get() || offset < t.end)
+            .map(|t| t.end)
     }
 
     /// Whether the segment at `base` is being swapped (keep it out of the segment checkpoint).

@@ -52,12 +52,15 @@ impl SegmentIndex {
 
     /// Notes a batch appended at `pos` (relative offset `rel_offset`); `max_ts_before` is the
     /// largest timestamp of the batches before it. Adds an entry for the first batch and then
-    /// whenever `interval` bytes have passed since the last entry.
+    /// whenever `interval` bytes have passed since the last entry — but never a second entry
+    /// for one offset: a zero-width control batch ([`super::batch::BatchHeader::is_zero_width`])
+    /// shares its base offset with the batch after it, and the entry stays on the first of
+    /// them (a walk from it passes over the zero-width ones).
     pub fn note_batch(&mut self, rel_offset: u32, pos: u32, max_ts_before: i64, interval: u32) {
         let due = self
             .entries
             .last()
-            .is_none_or(|e| pos.saturating_sub(e.pos) >= interval);
+            .is_none_or(|e| pos.saturating_sub(e.pos) >= interval && e.rel_offset != rel_offset);
         if due {
             debug_assert!(self
                 .entries
@@ -79,6 +82,14 @@ impl SegmentIndex {
         self.entries.get(i.saturating_sub(1)).copied()
     }
 
+    /// The entry to start a walk from that must not miss a batch starting at `rel_offset`
+    /// (zero-width ones included): the last one strictly below it — or the first one (the
+    /// segment's first batch). `None` only when empty.
+    pub fn lookup_before(&self, rel_offset: u32) -> Option<IndexEntry> {
+        let i = self.entries.partition_point(|e| e.rel_offset < rel_offset);
+        self.entries.get(i.saturating_sub(1)).copied()
+    }
+
     /// Where the first batch with a max timestamp `>= ts` lies: scan from the returned
     /// entry up to the position bound (`None`: to the segment's end). The batches before the
     /// entry are all older than `ts`; the batch of the next entry already has a newer
@@ -94,6 +105,12 @@ impl SegmentIndex {
     /// Drops the entries for batches at or after `rel_offset`.
     pub fn truncate(&mut self, rel_offset: u32) {
         let keep = self.entries.partition_point(|e| e.rel_offset < rel_offset);
+        self.entries.truncate(keep);
+    }
+
+    /// Drops the entries for batches at or after file position `pos`.
+    pub fn truncate_pos(&mut self, pos: u32) {
+        let keep = self.entries.partition_point(|e| e.pos < pos);
         self.entries.truncate(keep);
     }
 
@@ -368,6 +385,20 @@ mod tests {
         t.truncate(7);
         assert_eq!(t.len(), 2);
         assert_eq!(SegmentIndex::default().lookup_offset(3), None);
+        assert_eq!(ix.lookup_before(6).unwrap().pos, 0);
+        assert_eq!(ix.lookup_before(7).unwrap().pos, 3000);
+        assert_eq!(ix.lookup_before(0).unwrap().pos, 0);
+        let mut t = ix.clone();
+        t.truncate_pos(3000);
+        assert_eq!(t.len(), 1);
+        // Zero-width batches share their offset with the next batch: one entry per offset.
+        let mut zw = SegmentIndex::default();
+        zw.note_batch(0, 0, NO_TIMESTAMP, 1);
+        zw.note_batch(0, 61, NO_TIMESTAMP, 1);
+        zw.note_batch(0, 122, NO_TIMESTAMP, 1);
+        zw.note_batch(3, 300, NO_TIMESTAMP, 1);
+        let pos: Vec<u32> = zw.entries().iter().map(|e| e.pos).collect();
+        assert_eq!(pos, [0, 300]);
         // A segment whose first batch starts after its base (compacted).
         let mut late = SegmentIndex::default();
         late.note_batch(5, 0, NO_TIMESTAMP, 3000);

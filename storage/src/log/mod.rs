@@ -151,8 +151,9 @@ pub enum LogError {
     BeyondCommitted { offset: u64, committed: u64 },
     #[error("a flush is in flight")]
     FlushInFlight,
-    /// A compaction is rewriting the closed segments below `end` (retry once it is done).
-    #[error("cannot truncate to {offset}: a compaction is rewriting the segments below {end}")]
+    /// A compaction is rewriting the closed segments below `end`, or swapping them in (then
+    /// every suffix truncation waits): retry once it is done ([`PartitionLog::finish_swap`]).
+    #[error("cannot truncate to {offset}: a compaction of the segments below {end} is in flight")]
     CompactionInFlight { offset: u64, end: u64 },
     #[error("term {0} does not fit the batch's int32 leader epoch")]
     TermTooLarge(u64),
@@ -227,6 +228,64 @@ pub struct ReadBatches {
     pub base_offset: u64,
     /// Offset after the last batch returned.
     pub next_offset: u64,
+}
+
+/// A batch's place in the log, zero-width control batches included. A zero-width batch (a
+/// Raft leader's no-op, [`batch::BatchHeader::is_zero_width`]) occupies no offset: it shares
+/// its base offset with the batch after it, so an offset alone cannot address it (a read at
+/// offset `X` starts at the batch *holding* `X` and passes over a zero-width batch at `X`).
+/// A `BatchAt` names the first batch, in file order, that neither lies wholly before
+/// `offset` nor is a zero-width batch at `offset` whose leader epoch is below `min_epoch`
+/// ([`Self::skips`]). Zero-width batches at one offset are told apart by their leader epoch:
+/// a Raft leader writes one no-op per term, and terms only grow along the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAt {
+    pub offset: u64,
+    pub min_epoch: i64,
+}
+
+impl BatchAt {
+    /// The first batch at or holding `offset`, every zero-width batch at `offset` included.
+    pub fn offset(offset: u64) -> Self {
+        Self {
+            offset,
+            min_epoch: i64::MIN,
+        }
+    }
+
+    /// The place right after batch `h`: a zero-width batch at the same offset of a later
+    /// epoch, or what starts at its next offset.
+    pub fn after(h: &batch::BatchHeader) -> Self {
+        if h.is_zero_width() {
+            Self {
+                offset: h.base_offset as u64,
+                min_epoch: i64::from(h.partition_leader_epoch) + 1,
+            }
+        } else {
+            Self::offset(h.next_offset() as u64)
+        }
+    }
+
+    /// Whether batch `h` comes before this place (a walk to it passes over `h`): it ends at
+    /// or before `offset` (and is not a zero-width batch at `offset`), or it is a zero-width
+    /// batch at `offset` of an epoch below `min_epoch`.
+    pub fn skips(&self, h: &batch::BatchHeader) -> bool {
+        let offset = self.offset as i64;
+        if h.is_zero_width() && h.base_offset == offset {
+            i64::from(h.partition_leader_epoch) < self.min_epoch
+        } else {
+            h.next_offset() <= offset
+        }
+    }
+}
+
+/// Whole batches in file order, zero-width ones included ([`PartitionLog::plan_read_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRun {
+    /// Concatenated batches, from one segment; empty when nothing (more) is readable there.
+    pub bytes: Bytes,
+    /// Where the batch after the last one returned is (the argument itself when empty).
+    pub next: BatchAt,
 }
 
 /// What a plan needs to reach one segment without borrowing the log: its file and index are
@@ -386,6 +445,71 @@ impl<D: SegmentDir> ReadPlan<D> {
             },
             None => empty,
         })
+    }
+}
+
+/// A read by batch place resolved against the log ([`PartitionLog::plan_read_at`]); runs
+/// without borrowing it.
+pub struct BatchReadPlan<D: SegmentDir> {
+    /// The segments that may hold batches at the place's offset, in offset order (a segment
+    /// ending in zero-width batches at the base offset of the next one, then that one).
+    segs: Vec<PlanSegment<D>>,
+    at: BatchAt,
+    max_bytes: usize,
+}
+
+impl<D: SegmentDir> BatchReadPlan<D> {
+    pub async fn run(self) -> Result<BatchRun, LogError> {
+        let empty = BatchRun {
+            bytes: Bytes::new(),
+            next: self.at,
+        };
+        for seg in &self.segs {
+            if seg.limit == 0 {
+                // Nothing of it written yet: neither is anything after it.
+                return Ok(empty);
+            }
+            let rel = self.at.offset.saturating_sub(seg.base_offset) as u32;
+            let entry = seg
+                .with_index(|ix| ix.lookup_before(rel))
+                .await?
+                .ok_or_else(|| LogError::ReadMismatch {
+                    segment: seg.name.clone(),
+                    pos: 0,
+                    reason: "empty index for a non-empty segment".into(),
+                })?;
+            let file = seg.file().await?;
+            let src = FileSource {
+                file: &*file,
+                name: &seg.name,
+            };
+            let found = scan::read_batches_at(
+                &src,
+                &seg.name,
+                u64::from(entry.pos),
+                seg.base_offset + u64::from(entry.rel_offset),
+                seg.limit,
+                self.at,
+                self.max_bytes,
+                seg.max_batch_bytes,
+                2 * seg.index_interval as usize,
+            )
+            .await
+            .inspect_err(|e| seg.corruptions.note_error(e))?;
+            match found {
+                Some(f) => {
+                    seg.corruptions.note_all(&f.damaged);
+                    return Ok(BatchRun {
+                        bytes: f.bytes,
+                        next: f.next,
+                    });
+                }
+                // The rest of the segment is not written yet: what follows is not readable.
+                None if seg.limit < seg.size => return Ok(empty),
+                None => {}
+            }
+        }
+        Ok(empty)
     }
 }
 
@@ -963,7 +1087,10 @@ impl<D: SegmentDir> PartitionLog<D> {
 
     /// Appends a zero-width control batch ([`RecordBatch::validate_zero_width`]; a Raft
     /// leader no-op) at the log end, where it occupies no offset: the next batch gets the
-    /// same base offset. Returns that offset.
+    /// same base offset. Returns that offset. It rolls a new segment unless the active one
+    /// holds nothing but zero-width batches: a segment never ends in zero-width batches at
+    /// the base offset of the next one, so removing whole segments below an offset (prefix
+    /// truncation, retention) never removes a batch at that offset.
     pub fn append_zero_width(&mut self, batch: &RecordBatch, term: u64) -> Result<u64, LogError> {
         debug_assert!(batch.header().is_zero_width());
         let (base, next, _) = self.append_batch(batch, term)?;
@@ -1004,6 +1131,11 @@ impl<D: SegmentDir> PartitionLog<D> {
                     || s.size() + len > segment_bytes
                     // Relative offsets in the index are 32-bit.
                     || next.saturating_sub(1) - s.base_offset > u64::from(u32::MAX)
+                    // A zero-width batch opens a segment (or joins one holding only zero-width
+                    // batches, always the active one): no segment ends in a batch at its
+                    // successor's base offset, so deleting the segments below an offset never
+                    // removes a batch at it.
+                    || batch.header().is_zero_width()
             }
         };
         if roll {
@@ -1348,6 +1480,44 @@ impl<D: SegmentDir> PartitionLog<D> {
         self.plan_read(offset, max_bytes)?.run().await
     }
 
+    /// Resolves a read of whole batches in file order — zero-width control batches included,
+    /// which [`Self::plan_read`] never returns — from the batch at `at` ([`BatchAt`]), from one
+    /// segment, up to `max_bytes` but at least one batch; written bytes only. Continue at the
+    /// result's [`BatchRun::next`]. Never served from (nor put in) the batch cache. For the Raft
+    /// layer, which must see every batch (its index rebuild, loads for lagging followers);
+    /// Kafka fetches use [`Self::plan_read`].
+    pub fn plan_read_at(
+        &self,
+        at: BatchAt,
+        max_bytes: usize,
+    ) -> Result<BatchReadPlan<D>, LogError> {
+        if at.offset < self.log_start || at.offset > self.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset: at.offset,
+                start: self.log_start,
+                end: self.next_offset,
+            });
+        }
+        let mut segs: Vec<PlanSegment<D>> = self
+            .segments
+            .range(..=at.offset)
+            .rev()
+            .take_while(|(_, s)| s.next_offset >= at.offset)
+            .map(|(_, s)| PlanSegment::new(self, s))
+            .collect();
+        segs.reverse();
+        Ok(BatchReadPlan {
+            segs,
+            at,
+            max_bytes,
+        })
+    }
+
+    /// [`Self::plan_read_at`] and [`BatchReadPlan::run`] in one call.
+    pub async fn read_at(&self, at: BatchAt, max_bytes: usize) -> Result<BatchRun, LogError> {
+        self.plan_read_at(at, max_bytes)?.run().await
+    }
+
     /// Resolves a lookup of the first batch whose max timestamp is at least `ts`, at or after
     /// the log start and starting below offset `below` (e.g. the high watermark): Kafka's
     /// ListOffsets by time. Segments are picked by their max timestamp (no I/O), then the
@@ -1389,7 +1559,7 @@ impl<D: SegmentDir> PartitionLog<D> {
         if offset < floor {
             return Err(LogError::BelowFloor { offset, floor });
         }
-        if let Some(end) = self.compaction.busy_until().filter(|&end| offset < end) {
+        if let Some(end) = self.compaction.refuses_truncation(offset) {
             return Err(LogError::CompactionInFlight { offset, end });
         }
         if offset < self.log_start || offset > self.next_offset {
@@ -1428,7 +1598,96 @@ impl<D: SegmentDir> PartitionLog<D> {
             }
         }
         r?;
+        self.after_cut(offset);
+        Ok(())
+    }
 
+    /// Removes every batch from the one at `at` on ([`BatchAt`]: zero-width control batches
+    /// included — a Raft no-op at the offset is removed or kept by its epoch), durably, as
+    /// [`Self::truncate_suffix`] does. `at.offset` must be a batch boundary `>= floor`; unlike
+    /// [`Self::truncate_suffix`], at the log end it removes the zero-width batches there that
+    /// `at` does not skip.
+    pub async fn truncate_suffix_at(&mut self, at: BatchAt, floor: u64) -> Result<(), LogError> {
+        let offset = at.offset;
+        self.check_ok()?;
+        if self.flush_in_flight {
+            return Err(LogError::FlushInFlight);
+        }
+        if offset < floor {
+            return Err(LogError::BelowFloor { offset, floor });
+        }
+        if let Some(end) = self.compaction.refuses_truncation(offset) {
+            return Err(LogError::CompactionInFlight { offset, end });
+        }
+        if offset < self.log_start || offset > self.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: self.log_start,
+                end: self.next_offset,
+            });
+        }
+        // The segments that may hold batches at `offset`, in order; the cut is in the first
+        // one holding a batch not before `at`.
+        let mut cands: Vec<u64> = self
+            .segments
+            .range(..=offset)
+            .rev()
+            .take_while(|(_, s)| s.next_offset >= offset)
+            .map(|(&b, _)| b)
+            .collect();
+        cands.reverse();
+        let mut found = None;
+        for base in cands {
+            let r = self.locate_at(base, at).await;
+            match r {
+                Ok(Some(loc)) => {
+                    found = Some((base, loc));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if !matches!(e, LogError::NotBatchBoundary { .. }) {
+                        self.fail(&e);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let Some((base, loc)) = found else {
+            // Every batch lies before `at`: nothing to remove.
+            return Ok(());
+        };
+        // The first segment is kept, emptied, so the log end survives a restart; any other
+        // segment cut at its start goes, and the previous one keeps the end.
+        let first_base = *self.segments.keys().next().expect("non-empty log");
+        let (keep, loc) = if loc.pos == 0 && base != first_base {
+            let (&prev, seg) = self
+                .segments
+                .range(..base)
+                .next_back()
+                .expect("a previous segment");
+            (
+                prev,
+                Located {
+                    pos: seg.size(),
+                    max_ts_before: seg.max_timestamp,
+                    last_before: seg.last_batch,
+                },
+            )
+        } else {
+            (base, loc)
+        };
+        let r = self.cut_at(keep, offset, loc).await;
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r?;
+        self.after_cut(offset);
+        Ok(())
+    }
+
+    /// The log's own bookkeeping after a suffix was cut at `offset`.
+    fn after_cut(&mut self, offset: u64) {
         self.next_offset = offset;
         self.stable_offset = self.stable_offset.min(offset);
         self.committed_offset = self.committed_offset.min(offset);
@@ -1449,23 +1708,84 @@ impl<D: SegmentDir> PartitionLog<D> {
                 );
             }
         }
-        Ok(())
+    }
+
+    /// Finds the batch at `at` in segment `base` (walking from the index entry below its
+    /// offset, through the file and the appender's memory): `None` when every batch of the
+    /// segment lies before it; [`LogError::NotBatchBoundary`] when a batch holds `at.offset`
+    /// past its base. The kept segment needs its file and index: loaded first.
+    async fn locate_at(&self, base: u64, at: BatchAt) -> Result<Option<Located>, LogError> {
+        {
+            let seg = &self.segments[&base];
+            if seg.on_disk || seg.file().is_some() {
+                let plan = PlanSegment::new(self, seg);
+                plan.file().await?;
+                plan.with_index(|_| ()).await?;
+            }
+        }
+        let seg = &self.segments[&base];
+        if seg.size() == 0 {
+            return Ok(None);
+        }
+        let rel = at.offset.saturating_sub(seg.base_offset) as u32;
+        let entry = seg
+            .shared
+            .index
+            .borrow()
+            .as_ref()
+            .expect("index loaded")
+            .lookup_before(rel)
+            .ok_or_else(|| LogError::ReadMismatch {
+                segment: seg.name.clone(),
+                pos: 0,
+                reason: "empty index for a non-empty segment".into(),
+            })?;
+        let file = seg.file();
+        let src = SegmentSource {
+            file: file.as_deref(),
+            appender: &seg.appender,
+            name: &seg.name,
+        };
+        let (w, h) = scan::walk_to_batch(
+            &src,
+            &seg.name,
+            u64::from(entry.pos),
+            seg.base_offset + u64::from(entry.rel_offset),
+            seg.size(),
+            at,
+            self.config.max_batch_bytes,
+        )
+        .await?;
+        match h {
+            None => Ok(None),
+            Some(h) if (h.base_offset as u64) < at.offset => {
+                Err(LogError::NotBatchBoundary { offset: at.offset })
+            }
+            Some(_) => Ok(Some(Located {
+                pos: w.pos,
+                max_ts_before: entry.max_ts_before.max(w.max_ts),
+                last_before: w.last,
+            })),
+        }
     }
 
     /// Finds where batch `offset` starts in segment `base` (walking from the index entry
-    /// below it, through the file and the appender's memory): `(position, max timestamp of
-    /// the batches before it, last batch before it)`.
-    async fn locate(
-        &self,
-        base: u64,
-        offset: u64,
-    ) -> Result<(u64, i64, Option<LastBatch>), LogError> {
+    /// below it, through the file and the appender's memory).
+    async fn locate(&self, base: u64, offset: u64) -> Result<Located, LogError> {
         let seg = &self.segments[&base];
         if offset == seg.next_offset {
-            return Ok((seg.size(), seg.max_timestamp, seg.last_batch));
+            return Ok(Located {
+                pos: seg.size(),
+                max_ts_before: seg.max_timestamp,
+                last_before: seg.last_batch,
+            });
         }
         if offset == seg.base_offset {
-            return Ok((0, index::NO_TIMESTAMP, None));
+            return Ok(Located {
+                pos: 0,
+                max_ts_before: index::NO_TIMESTAMP,
+                last_before: None,
+            });
         }
         let rel = (offset - seg.base_offset) as u32;
         let entry = seg
@@ -1493,7 +1813,11 @@ impl<D: SegmentDir> PartitionLog<D> {
         )
         .await?;
         let w = walked.map_err(|()| LogError::NotBatchBoundary { offset })?;
-        Ok((w.pos, entry.max_ts_before.max(w.max_ts), w.last))
+        Ok(Located {
+            pos: w.pos,
+            max_ts_before: entry.max_ts_before.max(w.max_ts),
+            last_before: w.last,
+        })
     }
 
     /// Cuts segment `keep` at batch `offset` and deletes every later segment.
@@ -1507,7 +1831,18 @@ impl<D: SegmentDir> PartitionLog<D> {
                 plan.with_index(|_| ()).await?;
             }
         }
-        let (pos, max_ts_before, last_before) = self.locate(keep, offset).await?;
+        let loc = self.locate(keep, offset).await?;
+        self.cut_at(keep, offset, loc).await
+    }
+
+    /// Cuts segment `keep` (file and index loaded) at `loc`, where the log is to end at
+    /// `offset`, and deletes every later segment.
+    async fn cut_at(&mut self, keep: u64, offset: u64, loc: Located) -> Result<(), LogError> {
+        let Located {
+            pos,
+            max_ts_before,
+            last_before,
+        } = loc;
         // 1. Forget what could describe removed bytes: index files of the kept and later
         //    segments, and the checkpoint (when a closed segment is cut or deleted).
         let later: Vec<u64> = self.segments.range(keep + 1..).map(|(&b, _)| b).collect();
@@ -1546,10 +1881,11 @@ impl<D: SegmentDir> PartitionLog<D> {
             seg.appender.reset(pos, &tail);
         }
         if let Some(ix) = seg.shared.index.borrow_mut().as_mut() {
-            ix.truncate((offset - seg.base_offset) as u32);
+            // By position: entries of zero-width batches kept at `offset` stay.
+            ix.truncate_pos(pos as u32);
         }
         seg.next_offset = offset;
-        seg.max_timestamp = if offset == seg.base_offset {
+        seg.max_timestamp = if pos == 0 {
             index::NO_TIMESTAMP
         } else {
             max_ts_before
@@ -1708,6 +2044,14 @@ impl<D: SegmentDir> PartitionLog<D> {
         }
         Ok(())
     }
+}
+
+/// Where a suffix truncation cuts a segment: the position, the largest max timestamp of the
+/// batches before it and the last of them.
+struct Located {
+    pos: u64,
+    max_ts_before: i64,
+    last_before: Option<LastBatch>,
 }
 
 /// Removes `name`; `false` if it did not exist.

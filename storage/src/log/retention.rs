@@ -221,10 +221,27 @@ impl<D: SegmentDir> PartitionLog<D> {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     ) -> RetentionOutcome<D> {
+        self.apply_retention_below(now_ms, retention_ms, retention_bytes, u64::MAX)
+    }
+
+    /// [`Self::apply_retention`], deleting only segments that end at or below `limit` (the
+    /// broker passes the start of the Raft log: retention never removes Raft entries).
+    pub fn apply_retention_below(
+        &mut self,
+        now_ms: i64,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+        limit: u64,
+    ) -> RetentionOutcome<D> {
         let max = if self.failed.is_some() {
             0
         } else {
-            self.deletable_prefix()
+            let n = self.deletable_prefix();
+            self.segments
+                .values()
+                .take(n)
+                .take_while(|s| s.next_offset <= limit)
+                .count()
         };
         let mut size = self.size_bytes();
         let (mut by_time, mut by_size) = (0, 0);

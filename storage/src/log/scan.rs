@@ -17,7 +17,7 @@ use super::corrupt::{corrupt, CorruptBatch};
 use super::file::{align_down, align_up, SegmentDir, SegmentFile};
 use super::index::{LastBatch, SegmentIndex, NO_TIMESTAMP};
 use super::recovery::CorruptTail;
-use super::{io_err, LogError};
+use super::{io_err, BatchAt, LogError};
 
 /// Where a cursor gets its bytes.
 #[allow(async_fn_in_trait)] // shard-local by design
@@ -488,6 +488,164 @@ pub(crate) async fn walk_to<S: ByteSource>(
         expect = h.next_offset() as u64;
         cur.pos += h.total_len() as u64;
     }
+}
+
+/// Walks from `(cur.pos, base)` (a batch boundary) over the batches a walk to `at` passes
+/// ([`BatchAt::skips`]), never past the cursor's limit; leaves the cursor at the first batch it
+/// does not pass and returns that batch's header (`None` at the limit) with what was walked
+/// over (`pos`: where the walk stopped). Headers walked over are checked for sanity only.
+async fn walk_cursor_to<S: ByteSource>(
+    cur: &mut Cursor<'_, S>,
+    name: &str,
+    base: u64,
+    at: BatchAt,
+    max_batch_bytes: usize,
+) -> Result<(WalkEnd, Option<BatchHeader>), LogError> {
+    let mut expect = base;
+    let mut out = WalkEnd {
+        pos: cur.pos,
+        max_ts: NO_TIMESTAMP,
+        last: None,
+    };
+    loop {
+        let p = cur.pos;
+        out.pos = p;
+        let h = match cur.checked_header(max_batch_bytes).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok((out, None)),
+            Err(HeaderError::Io(e)) => return Err(e),
+            Err(HeaderError::Bad(why)) => return Err(corrupt(name, p, expect, why).into()),
+        };
+        if h.base_offset != expect as i64 {
+            let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
+            return Err(corrupt(name, p, expect, why).into());
+        }
+        if !at.skips(&h) {
+            return Ok((out, Some(h)));
+        }
+        out.max_ts = out.max_ts.max(h.max_timestamp);
+        out.last = Some(LastBatch {
+            base_offset: expect,
+            pos: p,
+            len: h.total_len() as u32,
+            crc: h.crc,
+        });
+        expect = h.next_offset() as u64;
+        cur.pos += h.total_len() as u64;
+    }
+}
+
+/// Walks from `(pos, base)` to the first batch not before `at` ([`BatchAt`]; zero-width
+/// batches included), never past `limit`: where it stopped, with what it walked over, and
+/// the header found there (`None`: every batch up to `limit` lies before `at`).
+pub(crate) async fn walk_to_batch<S: ByteSource>(
+    src: &S,
+    name: &str,
+    pos: u64,
+    base: u64,
+    limit: u64,
+    at: BatchAt,
+    max_batch_bytes: usize,
+) -> Result<(WalkEnd, Option<BatchHeader>), LogError> {
+    let mut cur = Cursor::new(src, pos, limit, 64 * 1024);
+    walk_cursor_to(&mut cur, name, base, at, max_batch_bytes).await
+}
+
+/// What [`read_batches_at`] found.
+pub(crate) struct FoundAt {
+    pub bytes: Bytes,
+    /// The place of the batch after the last one returned.
+    pub next: BatchAt,
+    /// A damaged batch the result was cut before.
+    pub damaged: Vec<CorruptBatch>,
+}
+
+/// Whole batches in file order from the first one not before `at` ([`BatchAt`]; zero-width
+/// batches included), starting the walk at `(pos, base)`, up to `max_bytes` but at least one
+/// batch, never past `limit`. `None` when no such batch starts before `limit`. Every batch
+/// returned is verified (bounds, magic, CRC-32C, record count, offsets following on): the
+/// result is cut before the first damaged one, and a damaged first batch — or a header that
+/// cannot be walked over before it — fails with [`LogError::Corrupt`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn read_batches_at<S: ByteSource>(
+    src: &S,
+    name: &str,
+    pos: u64,
+    base: u64,
+    limit: u64,
+    at: BatchAt,
+    max_bytes: usize,
+    max_batch_bytes: usize,
+    slack: usize,
+) -> Result<Option<FoundAt>, LogError> {
+    let window = max_bytes.saturating_add(slack);
+    let mut cur = Cursor::new(src, pos, limit, window);
+    let (_, first) = walk_cursor_to(&mut cur, name, base, at, max_batch_bytes).await?;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let start = cur.pos;
+    let mut total = first.total_len();
+    let mut expect = first.next_offset() as u64;
+    cur.pos += total as u64;
+    let mut cut = None;
+    while total < max_bytes {
+        let p = cur.pos;
+        let h = match cur.checked_header(max_batch_bytes).await {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(HeaderError::Io(_)) => break,
+            Err(HeaderError::Bad(why)) => {
+                cut = Some(corrupt(name, p, expect, why));
+                break;
+            }
+        };
+        if h.base_offset != expect as i64 {
+            let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
+            cut = Some(corrupt(name, p, expect, why));
+            break;
+        }
+        if total + h.total_len() > max_bytes {
+            break;
+        }
+        total += h.total_len();
+        expect = h.next_offset() as u64;
+        cur.pos += h.total_len() as u64;
+    }
+    let bytes = cur.slice(start, total).await?;
+    if bytes.len() != total {
+        return Err(mismatch(
+            name,
+            start,
+            format!("{} of {total} bytes", bytes.len()),
+        ));
+    }
+    // Verify what goes out.
+    let mut end = 0;
+    let mut next = first.base_offset as u64;
+    let mut last = first;
+    while end < bytes.len() {
+        let why = match check_first(&bytes[end..], max_batch_bytes) {
+            Ok(h) if h.base_offset == next as i64 => {
+                end += h.total_len();
+                next = h.next_offset() as u64;
+                last = h;
+                continue;
+            }
+            Ok(h) => format!("batch has base offset {}, expected {next}", h.base_offset),
+            Err(e) => e.to_string(),
+        };
+        let c = corrupt(name, start + end as u64, next, why);
+        if end == 0 {
+            return Err(c.into());
+        }
+        cut = Some(c);
+        break;
+    }
+    Ok(Some(FoundAt {
+        bytes: bytes.slice(..end),
+        next: BatchAt::after(&last),
+        damaged: cut.into_iter().collect(),
+    }))
 }
 
 /// What [`scan_verify`] found.

@@ -128,6 +128,419 @@ fn zero_width_control_batches_occupy_no_offset() {
     assert_eq!(log.log_end_offset(), 6);
 }
 
+/// One batch of a log holding zero-width control batches, as the tests expect it.
+#[derive(Debug, Clone)]
+struct Placed {
+    bytes: Bytes,
+    base: u64,
+    zero_width: bool,
+    epoch: i32,
+}
+
+impl Placed {
+    /// Its place: a zero-width batch by its epoch, any other batch after every zero-width
+    /// batch at its offset.
+    fn at(&self) -> BatchAt {
+        BatchAt {
+            offset: self.base,
+            min_epoch: i64::from(self.epoch) + i64::from(!self.zero_width),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        let h = check_first(&self.bytes, 1 << 20).unwrap();
+        h.next_offset() as u64
+    }
+}
+
+fn append_placed(
+    log: &mut PartitionLog<FaultyDir>,
+    placed: &mut Vec<Placed>,
+    zero_width: Option<()>,
+    records: usize,
+    value_len: usize,
+    epoch: i32,
+) -> Result<(), LogError> {
+    let term = epoch as u64;
+    let (bytes, base) = match zero_width {
+        Some(()) => {
+            let b = RecordBatch::validate_zero_width(
+                super::batch::zero_width_control_batch(epoch),
+                1 << 20,
+            )
+            .unwrap();
+            let base = log.append_zero_width(&b, term)?;
+            (b.stamped(base as i64, epoch).into_bytes(), base)
+        }
+        None => {
+            let b = batch(records, value_len, placed.len() as u8);
+            let a = log.append(&b, term)?;
+            (
+                b.stamped(a.base_offset as i64, epoch).into_bytes(),
+                a.base_offset,
+            )
+        }
+    };
+    placed.push(Placed {
+        bytes,
+        base,
+        zero_width: zero_width.is_some(),
+        epoch,
+    });
+    Ok(())
+}
+
+/// Every batch from the log start in file order, zero-width ones included, read by place
+/// `max_bytes` at a time.
+fn read_all_at(log: &PartitionLog<FaultyDir>, max_bytes: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = BatchAt::offset(log.log_start_offset());
+    loop {
+        let r = block_on(log.read_at(at, max_bytes)).unwrap();
+        if r.bytes.is_empty() {
+            assert_eq!(r.next, at);
+            return out;
+        }
+        let before = out.len();
+        split_batches(&r.bytes, &mut out);
+        assert!(max_bytes > 1 || out.len() == before + 1);
+        let last = check_first(out.last().unwrap(), 1 << 20).unwrap();
+        assert_eq!(r.next, BatchAt::after(&last));
+        at = r.next;
+    }
+}
+
+#[track_caller]
+fn check_placed(log: &PartitionLog<FaultyDir>, placed: &[Placed]) {
+    let want: Vec<Bytes> = placed.iter().map(|p| p.bytes.clone()).collect();
+    for max in [1, 300, 1 << 20] {
+        assert!(read_all_at(log, max) == want, "max_bytes {max}");
+    }
+    // Each batch by its place, and the end.
+    for (i, p) in placed.iter().enumerate() {
+        let r = block_on(log.read_at(p.at(), 1)).unwrap();
+        assert_eq!(r.bytes, p.bytes, "batch {i} at {:?}", p.at());
+    }
+    let end = placed.last().map_or(log.log_start_offset(), Placed::next);
+    assert_eq!(log.log_end_offset(), end);
+    // Only the last segment may end in a zero-width batch at its end (then it holds only
+    // those): deleting whole segments below an offset never removes a batch at it.
+    let segs: Vec<&Segment<FaultyDir>> = log.segments().collect();
+    for s in segs.iter().take(segs.len().saturating_sub(1)) {
+        if let Some(lb) = s.last_batch {
+            assert!(
+                lb.base_offset < s.next_offset,
+                "segment {} ends in a zero-width batch",
+                s.name
+            );
+        }
+    }
+    let past = BatchAt {
+        offset: end,
+        min_epoch: i64::MAX,
+    };
+    assert!(block_on(log.read_at(past, 1 << 20))
+        .unwrap()
+        .bytes
+        .is_empty());
+    // Kafka reads never start with a zero-width batch, and serve every data batch.
+    let mut data = Vec::new();
+    let mut at = log.log_start_offset();
+    while at < log.log_end_offset() {
+        let r = block_on(log.read(at, 1 << 20)).unwrap();
+        let mut got = Vec::new();
+        split_batches(&r.bytes, &mut got);
+        assert!(!check_first(&got[0], 1 << 20).unwrap().is_zero_width());
+        data.extend(got);
+        at = r.next_offset;
+    }
+    data.retain(|b| !check_first(b, 1 << 20).unwrap().is_zero_width());
+    let want_data: Vec<Bytes> = placed
+        .iter()
+        .filter(|p| !p.zero_width)
+        .map(|p| p.bytes.clone())
+        .collect();
+    assert!(data == want_data);
+}
+
+/// Reads and suffix truncations by batch place ([`BatchAt`]) see zero-width control batches
+/// that an offset cannot address: at offset 0, several at one offset (told apart by epoch), a
+/// segment holding only them, one ending a segment whose successor starts at the same offset,
+/// and trailing ones at the log end — across a clean reopen and crash recovery; truncation
+/// keeps the ones before the place and removes the rest, durably.
+#[test]
+fn zero_width_batches_are_read_and_truncated_by_place() {
+    for interval in [1, 1024] {
+        let dir = FaultyDir::new(41);
+        let config = LogConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: interval,
+            ..cfg()
+        };
+        let open_cfg = |dir: &FaultyDir| {
+            block_on(PartitionLog::open(dir.clone(), config.clone()))
+                .unwrap()
+                .0
+        };
+        let mut log = open_cfg(&dir);
+        let mut p = Vec::new();
+        // [0]: zero-width at 0, then data 0..=2 (epoch 1).
+        append_placed(&mut log, &mut p, Some(()), 0, 0, 1).unwrap();
+        append_placed(&mut log, &mut p, None, 3, 20, 1).unwrap();
+        // A new term rolls a segment that holds only zero-width batches at 3 (epochs 2, 3).
+        append_placed(&mut log, &mut p, Some(()), 0, 0, 2).unwrap();
+        append_placed(&mut log, &mut p, Some(()), 0, 0, 3).unwrap();
+        block_on(log.flush()).unwrap();
+        append_placed(&mut log, &mut p, Some(()), 0, 0, 4).unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        assert_eq!(log.segments().count(), 2);
+        // Data of epoch 4; a zero-width batch of the same epoch does not join the segment
+        // holding data: it opens one (no segment ends in a batch at its successor's base).
+        for _ in 0..3 {
+            append_placed(&mut log, &mut p, None, 1, 100, 4).unwrap();
+        }
+        let x = log.log_end_offset();
+        let before = log.segments().count();
+        append_placed(&mut log, &mut p, Some(()), 0, 0, 4).unwrap();
+        assert_eq!(log.segments().count(), before + 1);
+        append_placed(&mut log, &mut p, None, 2, 120, 4).unwrap();
+        let bases: Vec<u64> = log.segments().map(|s| s.base_offset()).collect();
+        assert_eq!(bases[..2], [0, 3]);
+        assert_eq!(bases.last(), Some(&x));
+        // Trailing zero-width batches at the log end, in a new segment.
+        append_placed(&mut log, &mut p, Some(()), 0, 0, 5).unwrap();
+        append_placed(&mut log, &mut p, Some(()), 0, 0, 6).unwrap();
+        // Not written yet: not readable.
+        assert_eq!(read_all_at(&log, 1 << 20).len(), 4);
+        block_on(log.flush()).unwrap();
+        check_placed(&log, &p);
+
+        // Clean reopen, then crash recovery scanning every segment.
+        block_on(log.close()).unwrap();
+        let log = open_cfg(&dir);
+        check_placed(&log, &p);
+        drop(log);
+        dir.crash(CrashMode::DropUnsynced);
+        for n in block_on(dir.list()).unwrap() {
+            if n.ends_with("index") || n == super::manifest::FILE {
+                block_on(dir.remove(&n)).unwrap();
+            }
+        }
+        let mut log = open_cfg(&dir);
+        check_placed(&log, &p);
+
+        // Truncation at the log end removes the zero-width batches from the place on.
+        let last = p.len() - 1;
+        block_on(log.truncate_suffix_at(p[last].at(), 0)).unwrap();
+        p.truncate(last);
+        check_placed(&log, &p);
+        // A place inside a batch is not a boundary; the log stays usable.
+        assert!(matches!(
+            block_on(log.truncate_suffix_at(BatchAt::offset(1), 0)),
+            Err(LogError::NotBatchBoundary { offset: 1 })
+        ));
+        // The data batch after a zero-width batch of its own epoch at the same offset: that
+        // one stays, alone in its segment.
+        let i = p.iter().position(|q| q.base == x && !q.zero_width).unwrap();
+        assert!(p[i - 1].zero_width && p[i - 1].base == x && p[i - 1].epoch == p[i].epoch);
+        block_on(log.truncate_suffix_at(p[i].at(), x)).unwrap();
+        p.truncate(i);
+        check_placed(&log, &p);
+        let last = log.segments().last().unwrap();
+        assert_eq!((last.base_offset(), last.next_offset()), (x, x));
+        assert!(last.size() > 0);
+        // Below the floor: refused.
+        assert!(matches!(
+            block_on(log.truncate_suffix_at(p[2].at(), 4)),
+            Err(LogError::BelowFloor { .. })
+        ));
+        // Keeps the epoch-2 zero-width batch at 3, removes epoch 3 on.
+        block_on(log.truncate_suffix_at(p[3].at(), 3)).unwrap();
+        p.truncate(3);
+        check_placed(&log, &p);
+        // Durable on return; appends go on after it.
+        append_placed(&mut log, &mut p, None, 2, 10, 7).unwrap();
+        block_on(log.flush()).unwrap();
+        drop(log);
+        dir.crash(CrashMode::DropUnsynced);
+        let mut log = open_cfg(&dir);
+        check_placed(&log, &p);
+        // The zero-width batch at offset 0 is the first batch: truncating there empties the
+        // log but keeps its first segment.
+        block_on(log.truncate_suffix_at(p[0].at(), 0)).unwrap();
+        p.clear();
+        check_placed(&log, &p);
+        assert_eq!(log.log_end_offset(), 0);
+        block_on(log.close()).unwrap();
+        let log = open_cfg(&dir);
+        check_placed(&log, &p);
+    }
+}
+
+/// A zero-width batch never ends a segment that the next one follows at the same offset, so
+/// deleting the segments below an offset (prefix truncation, retention) keeps the zero-width
+/// batches at that offset.
+#[test]
+fn prefix_truncation_keeps_zero_width_batches_at_the_new_start() {
+    let dir = FaultyDir::new(43);
+    let mut log = open(&dir).0;
+    let mut p = Vec::new();
+    append_placed(&mut log, &mut p, None, 2, 10, 1).unwrap();
+    // Same epoch as the data: still its own segment.
+    append_placed(&mut log, &mut p, Some(()), 0, 0, 1).unwrap();
+    append_placed(&mut log, &mut p, Some(()), 0, 0, 2).unwrap();
+    assert_eq!(log.segments().count(), 2);
+    block_on(log.flush()).unwrap();
+    block_on(log.truncate_prefix(2)).unwrap();
+    assert_eq!(log.segments().count(), 1);
+    p.retain(|q| q.base >= 2);
+    check_placed(&log, &p);
+    drop(log);
+    dir.crash(CrashMode::DropUnsynced);
+    let mut log = open(&dir).0;
+    check_placed(&log, &p);
+    // Data joins the segment that holds only zero-width batches.
+    append_placed(&mut log, &mut p, None, 1, 10, 3).unwrap();
+    assert_eq!(log.segments().count(), 1);
+    block_on(log.flush()).unwrap();
+    check_placed(&log, &p);
+}
+
+#[derive(Debug, Clone)]
+enum ZwOp {
+    Data { records: usize, value_len: usize },
+    ZeroWidth { new_term: bool },
+    Flush,
+    Truncate { pick: usize },
+    PrefixTo { pick: usize },
+    Crash { tear: bool },
+    Restart,
+}
+
+fn zw_op() -> impl Strategy<Value = ZwOp> {
+    prop_oneof![
+        6 => (1usize..4, prop_oneof![0usize..40, 100usize..600])
+            .prop_map(|(records, value_len)| ZwOp::Data { records, value_len }),
+        3 => any::<bool>().prop_map(|new_term| ZwOp::ZeroWidth { new_term }),
+        3 => Just(ZwOp::Flush),
+        2 => any::<usize>().prop_map(|pick| ZwOp::Truncate { pick }),
+        1 => any::<usize>().prop_map(|pick| ZwOp::PrefixTo { pick }),
+        1 => any::<bool>().prop_map(|tear| ZwOp::Crash { tear }),
+        1 => Just(ZwOp::Restart),
+    ]
+}
+
+/// Random appends of data and zero-width batches (epochs growing, as Raft terms do), flushes,
+/// truncations by place, crashes and restarts: the log read by place is always the model,
+/// and a crash keeps a prefix of it holding everything flushed.
+fn run_zero_width_ops(seed: u64, ops: Vec<ZwOp>) {
+    let dir = FaultyDir::new(seed);
+    let config = LogConfig {
+        segment_bytes: 1500,
+        index_interval_bytes: 200,
+        ..cfg()
+    };
+    let reopen = |dir: &FaultyDir| {
+        block_on(PartitionLog::open(dir.clone(), config.clone()))
+            .unwrap()
+            .0
+    };
+    let mut log = reopen(&dir);
+    let mut p: Vec<Placed> = Vec::new();
+    let mut durable = 0usize;
+    let mut epoch = 1i32;
+    // The log start the owner keeps (and re-applies after a restart).
+    let mut start = 0u64;
+    let reopen_at = |dir: &FaultyDir, start: u64| {
+        let mut log = reopen(dir);
+        block_on(log.truncate_prefix(start)).unwrap();
+        log
+    };
+    for op in ops {
+        match op {
+            ZwOp::Data { records, value_len } => {
+                append_placed(&mut log, &mut p, None, records, value_len, epoch).unwrap();
+            }
+            ZwOp::ZeroWidth { new_term } => {
+                let end = p.last().map_or(log.log_end_offset(), Placed::next);
+                // At one offset, zero-width batches are told apart by epoch.
+                let taken = p
+                    .iter()
+                    .any(|q| q.zero_width && q.base == end && q.epoch == epoch);
+                if new_term || taken {
+                    epoch += 1;
+                }
+                append_placed(&mut log, &mut p, Some(()), 0, 0, epoch).unwrap();
+            }
+            ZwOp::Flush => {
+                block_on(log.flush()).unwrap();
+                durable = p.len();
+            }
+            ZwOp::Truncate { pick } => {
+                let i = pick % (p.len() + 1);
+                let at = p.get(i).map_or(
+                    BatchAt {
+                        offset: log.log_end_offset(),
+                        min_epoch: i64::MAX,
+                    },
+                    Placed::at,
+                );
+                block_on(log.truncate_suffix_at(at, start)).unwrap();
+                p.truncate(i);
+                durable = durable.min(i);
+            }
+            ZwOp::PrefixTo { pick } => {
+                if durable == p.len() && !p.is_empty() {
+                    start = p[pick % p.len()].base;
+                    block_on(log.truncate_prefix(start)).unwrap();
+                    let from = BatchAt::offset(start);
+                    p.retain(|q| !from.skips(&check_first(&q.bytes, 1 << 20).unwrap()));
+                    durable = p.len();
+                }
+            }
+            ZwOp::Crash { tear } => {
+                drop(log);
+                dir.crash(if tear {
+                    CrashMode::TearLastWrite
+                } else {
+                    CrashMode::DropUnsynced
+                });
+                log = reopen_at(&dir, start);
+                let got = read_all_at(&log, 1 << 20);
+                assert!(got.len() >= durable, "lost flushed batches");
+                assert!(got.len() <= p.len());
+                for (g, w) in got.iter().zip(&p) {
+                    assert_eq!(g, &w.bytes);
+                }
+                p.truncate(got.len());
+                durable = p.len();
+            }
+            ZwOp::Restart => {
+                block_on(log.close()).unwrap();
+                log = reopen_at(&dir, start);
+                durable = p.len();
+            }
+        }
+        if log.stable_offset() == log.log_end_offset() && durable == p.len() {
+            check_placed(&log, &p);
+        }
+    }
+    block_on(log.flush()).unwrap();
+    check_placed(&log, &p);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn zero_width_batches_match_a_model_across_crashes(seed in any::<u64>(), ops in proptest::collection::vec(zw_op(), 1..60)) {
+        run_zero_width_ops(seed, ops);
+    }
+}
+
 #[test]
 fn append_flush_read_round_trip() {
     let dir = FaultyDir::new(1);

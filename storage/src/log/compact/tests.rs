@@ -672,3 +672,386 @@ fn appends_and_flushes_go_on_meanwhile() {
     assert_eq!(records(&log), want);
     assert_eq!(log.clean_offset(), end);
 }
+
+/// Where a suffix truncation (a Raft follower dropping a divergent tail) cuts while a
+/// compaction of the older segments is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Inside the active segment.
+    Active,
+    /// Inside the last closed segment, above the range being rewritten.
+    LastClosed,
+    /// At the end of the range being rewritten (the base of the segment after it).
+    RangeEnd,
+}
+
+/// When the truncation comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// While the job writes its new segments (before `finish_compaction`).
+    Run,
+    /// While the swap is in flight (between `finish_compaction` and `finish_swap`).
+    Swap,
+}
+
+/// The segment checkpoint on disk (if any) vouches only for what the log holds: every segment
+/// it lists is a closed segment of the log with that term, size and end; its active prefix
+/// (if any) is a prefix of the active segment; its durable end is not beyond the log end.
+fn check_checkpoint(dir: &FaultyDir, log: &PartitionLog<FaultyDir>, what: &str) {
+    let Some(m) = block_on(manifest::read(dir)) else {
+        return;
+    };
+    assert!(
+        m.durable_end <= log.log_end_offset(),
+        "{what}: the checkpoint saw {} durable, the log ends at {}",
+        m.durable_end,
+        log.log_end_offset()
+    );
+    let active = log.segments().last().unwrap();
+    for e in &m.segments {
+        let s = log
+            .segments()
+            .find(|s| s.base_offset() == e.base_offset)
+            .unwrap_or_else(|| panic!("{what}: the checkpoint lists {e:?}, not in the log"));
+        assert!(
+            s.is_sealed() && s.base_offset() != active.base_offset(),
+            "{what}: the checkpoint lists {e:?}, the active segment"
+        );
+        assert_eq!(
+            (s.term(), s.size(), s.next_offset()),
+            (e.term, e.size, e.next_offset),
+            "{what}: the checkpoint's entry for segment {}",
+            e.base_offset
+        );
+    }
+    if let Some(a) = &m.active {
+        assert_eq!(
+            (a.meta.base_offset, a.term),
+            (active.base_offset(), active.term()),
+            "{what}: the checkpoint's active prefix"
+        );
+        assert!(
+            a.meta.size <= active.size() && a.meta.next_offset <= active.next_offset(),
+            "{what}: the checkpoint's active prefix goes beyond the active segment"
+        );
+    }
+}
+
+/// Checks the log: it ends at `end`, its segments follow on, and it reads back `batches`.
+fn check_log(log: &PartitionLog<FaultyDir>, end: u64, batches: &[Bytes], what: &str) {
+    assert_eq!(log.log_end_offset(), end, "{what}: log end");
+    let segs: Vec<(u64, u64)> = log
+        .segments()
+        .map(|s| (s.base_offset(), s.next_offset()))
+        .collect();
+    for w in segs.windows(2) {
+        assert_eq!(w[0].1, w[1].0, "{what}: segments {segs:?}");
+    }
+    assert_eq!(segs.last().unwrap().1, end, "{what}: segments {segs:?}");
+    let got = read_batches(log);
+    assert_eq!(got.len(), batches.len(), "{what}: batches read back");
+    assert!(got == batches, "{what}: the batches read back differ");
+}
+
+/// Reopens the log after a clean close or a crash; nothing may be cut.
+fn reopen(
+    dir: &FaultyDir,
+    log: PartitionLog<FaultyDir>,
+    crash: bool,
+    what: &str,
+) -> PartitionLog<FaultyDir> {
+    if crash {
+        drop(log);
+        dir.crash(CrashMode::DropUnsynced);
+    } else {
+        block_on(log.close()).unwrap();
+    }
+    let (log, report) = open(dir);
+    assert!(report.truncated.is_none(), "{what}: {report:?}");
+    assert!(report.deleted_segments.is_empty(), "{what}: {report:?}");
+    log
+}
+
+/// A truncated log after a compaction that ran alongside the truncation.
+struct Truncated {
+    dir: FaultyDir,
+    log: PartitionLog<FaultyDir>,
+    /// Where the truncation cut (the log end).
+    offset: u64,
+    /// The records left.
+    want: Vec<Rec>,
+}
+
+/// Compacts every closed segment but the last one of a fresh log and truncates its suffix at
+/// `cut` during `phase`; checks the result.
+fn truncated_during_compaction(cut: Cut, phase: Phase, what: &str) -> Truncated {
+    let dir = FaultyDir::new(9);
+    let (mut log, _) = open(&dir);
+    fill(&mut log, 90, 12, 1);
+    // A few small batches in the active segment (for a cut inside it, not at its base).
+    let in_active = |log: &PartitionLog<FaultyDir>| {
+        let base = log.segments().last().unwrap().base_offset();
+        read_batches(log)
+            .iter()
+            .filter(|b| BatchHeader::decode(b).unwrap().base_offset as u64 >= base)
+            .count()
+    };
+    while in_active(&log) < 3 {
+        log.append(&kbatch(&[("tail", Some("t"))], TS + 5000), 1)
+            .unwrap();
+        block_on(log.flush()).unwrap();
+    }
+    block_on(log.flush()).unwrap();
+    let segs: Vec<(u64, u64)> = log
+        .segments()
+        .map(|s| (s.base_offset(), s.next_offset()))
+        .collect();
+    let n = segs.len();
+    assert!(n > 5, "{segs:?}");
+    let (k_base, k_next) = segs[n - 2];
+    let a_base = segs[n - 1].0;
+    let bounds: Vec<u64> = read_batches(&log)
+        .iter()
+        .map(|b| BatchHeader::decode(b).unwrap().base_offset as u64)
+        .collect();
+    let inside = |lo: u64, hi: u64| {
+        *bounds
+            .iter()
+            .find(|&&b| b > lo && b < hi)
+            .expect("a batch boundary inside the segment")
+    };
+    let offset = match cut {
+        Cut::Active => inside(a_base, u64::MAX),
+        Cut::LastClosed => inside(k_base, k_next),
+        Cut::RangeEnd => k_base,
+    };
+    let before = records(&log);
+
+    // Grouped as the broker groups them (at most a segment's size).
+    let job = log
+        .plan_compaction(0, k_base, cfg().segment_bytes)
+        .unwrap()
+        .unwrap();
+    let (_, end) = job.range();
+    assert_eq!(end, k_base);
+    let mut m = Model::default();
+    let written = block_on(job.run(&mut m)).unwrap();
+    let compacted = model(&before, end, false);
+    assert_ne!(compacted, before);
+    let truncate = |log: &mut PartitionLog<FaultyDir>| block_on(log.truncate_suffix(offset, 0));
+    let swapped = match phase {
+        Phase::Run => {
+            // Above the range, or at its end: allowed; the swap is then planned from the log
+            // as the truncation left it (or abandoned: the truncation cut the job's last
+            // segment, which became the active one).
+            truncate(&mut log).unwrap();
+            let CompactionFinish::Swap(swap) = log.finish_compaction(written) else {
+                panic!("{what}: expected a swap");
+            };
+            assert_eq!(swap.is_abandoned(), cut == Cut::RangeEnd, "{what}");
+            let swapped = !swap.is_abandoned();
+            let done = block_on(swap.run());
+            log.finish_swap(done).unwrap();
+            swapped
+        }
+        Phase::Swap => {
+            let CompactionFinish::Swap(swap) = log.finish_compaction(written) else {
+                panic!("{what}: expected a swap");
+            };
+            assert!(!swap.is_abandoned(), "{what}");
+            let r = truncate(&mut log);
+            let done = block_on(swap.run());
+            log.finish_swap(done).unwrap();
+            // Refused while the swap is in flight (what it writes was computed before);
+            // retried once it is done. (Were it accepted, the checks below would still hold.)
+            match r {
+                Ok(()) => {}
+                Err(LogError::CompactionInFlight { .. }) => truncate(&mut log).unwrap(),
+                Err(e) => panic!("{what}: {e}"),
+            }
+            true
+        }
+    };
+    let want: Vec<Rec> = if swapped { compacted } else { before }
+        .into_iter()
+        .filter(|r| r.offset < offset)
+        .collect();
+    assert_eq!(records(&log), want, "{what}");
+    check_log(&log, offset, &read_batches(&log), what);
+    check_checkpoint(&dir, &log, what);
+    Truncated {
+        dir,
+        log,
+        offset,
+        want,
+    }
+}
+
+/// The follower goes on with the new leader's entries: in the old term first (onto the cut
+/// segment), then in a new one, flushing as it goes (each flush that completes a segment
+/// writes its index files and the segment checkpoint). Stops at the first error.
+fn go_on(log: &mut PartitionLog<FaultyDir>) -> Result<(), LogError> {
+    for i in 0..24 {
+        let term = if i < 8 { 1 } else { 2 };
+        let key = format!("new-{i}");
+        let value = "n".repeat(150);
+        log.append(&kbatch(&[(&key, Some(&value))], TS + 9000 + i), term)?;
+        if i % 5 == 0 {
+            block_on(log.flush())?;
+        }
+    }
+    block_on(log.flush())?;
+    block_on(log.flush())?;
+    Ok(())
+}
+
+/// A Raft follower truncates a divergent tail while a compaction of the older segments is
+/// in flight (in the active segment, in the last closed segment, at the end of the range
+/// being rewritten), then goes on: no segment checkpoint or index file is left describing the
+/// segments as they were before the truncation, and the log reopens (cleanly or after a
+/// crash) with the truncated log end and every batch readable.
+#[test]
+fn suffix_truncation_during_a_compaction() {
+    for cut in [Cut::Active, Cut::LastClosed, Cut::RangeEnd] {
+        for phase in [Phase::Run, Phase::Swap] {
+            for crash in [false, true] {
+                let what = format!(
+                    "{cut:?} during the {phase:?} phase, {}",
+                    if crash { "crash" } else { "clean close" }
+                );
+                // Reopened at once.
+                let t = truncated_during_compaction(cut, phase, &what);
+                let batches = read_batches(&t.log);
+                let log = reopen(&t.dir, t.log, crash, &what);
+                check_log(&log, t.offset, &batches, &what);
+                assert_eq!(records(&log), t.want, "{what}");
+                check_checkpoint(&t.dir, &log, &what);
+                drop(log);
+
+                // Going on first.
+                let Truncated {
+                    dir,
+                    mut log,
+                    offset,
+                    want,
+                } = truncated_during_compaction(cut, phase, &what);
+                go_on(&mut log).unwrap();
+                check_checkpoint(&dir, &log, &what);
+                let end = log.log_end_offset();
+                let batches = read_batches(&log);
+                let all = records(&log);
+                assert_eq!(all[..want.len()], want[..], "{what}");
+                assert_eq!(all.len(), want.len() + 24, "{what}");
+                assert!(all[want.len()..].iter().all(|r| r.offset >= offset));
+                check_log(&log, end, &batches, &what);
+                let log = reopen(&dir, log, crash, &what);
+                check_log(&log, end, &batches, &what);
+                check_checkpoint(&dir, &log, &what);
+                // And after a crash (what the reopen rewrote, e.g. index files, is sound).
+                let log = reopen(&dir, log, true, &what);
+                check_log(&log, end, &batches, &what);
+                assert_eq!(records(&log), all, "{what}");
+                // The index files alone vouch for no more than the segments hold (a torn
+                // or damaged checkpoint is ignored).
+                drop(log);
+                let _ = block_on(dir.remove(manifest::FILE));
+                let (log, report) = open(&dir);
+                assert!(report.truncated.is_none(), "{what}: {report:?}");
+                check_log(&log, end, &batches, &what);
+                assert_eq!(records(&log), all, "{what}");
+            }
+        }
+    }
+}
+
+/// As [`suffix_truncation_during_a_compaction`], with a crash at every step of what the
+/// follower does next: whatever survives is a prefix of what it wrote, never less than the
+/// truncated log, never a cut of it.
+#[test]
+fn a_crash_after_a_suffix_truncation_during_a_compaction() {
+    for cut in [Cut::Active, Cut::LastClosed, Cut::RangeEnd] {
+        for phase in [Phase::Run, Phase::Swap] {
+            let what = format!("{cut:?} during the {phase:?} phase");
+            let Truncated { mut log, .. } = truncated_during_compaction(cut, phase, &what);
+            go_on(&mut log).unwrap();
+            let full = read_batches(&log);
+            drop(log);
+            for mode in [CrashMode::DropUnsynced, CrashMode::TearLastWrite] {
+                for n in 0.. {
+                    let what = format!("{what}, {mode:?} at step {n}");
+                    let Truncated {
+                        dir,
+                        mut log,
+                        offset,
+                        ..
+                    } = truncated_during_compaction(cut, phase, &what);
+                    let kept = read_batches(&log);
+                    dir.stop_after(Some(n));
+                    let r = go_on(&mut log);
+                    dir.stop_after(None);
+                    drop(log);
+                    dir.crash(mode);
+                    let (log, _) = open(&dir);
+                    let got = read_batches(&log);
+                    assert!(
+                        got.len() >= kept.len() && got.len() <= full.len(),
+                        "{what}: {} batches, not between {} and {}",
+                        got.len(),
+                        kept.len(),
+                        full.len()
+                    );
+                    assert!(got == full[..got.len()], "{what}: not a prefix");
+                    assert!(log.log_end_offset() >= offset, "{what}");
+                    let end = BatchHeader::decode(got.last().unwrap())
+                        .unwrap()
+                        .next_offset();
+                    check_log(&log, end as u64, &got, &what);
+                    check_checkpoint(&dir, &log, &what);
+                    if r.is_ok() {
+                        assert_eq!(got.len(), full.len(), "{what}");
+                        assert!(n > 20, "{what}: too few steps");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// While a swap is in flight every suffix truncation is refused, even far above the range
+/// being rewritten; once the swap is done it goes through. Before the swap, only truncations
+/// into the range are refused.
+#[test]
+fn suffix_truncation_waits_for_the_swap() {
+    let dir = FaultyDir::new(10);
+    let (mut log, _) = open(&dir);
+    fill(&mut log, 80, 10, 2);
+    let bases: Vec<u64> = log.segments().map(|s| s.base_offset()).collect();
+    let closed = bases[bases.len() - 2];
+    let job = log.plan_compaction(0, closed, 1 << 20).unwrap().unwrap();
+    let (_, end) = job.range();
+    let last = log.log_end_offset() - 1;
+    let mut m = Model::default();
+    let written = block_on(job.run(&mut m)).unwrap();
+    assert!(matches!(
+        block_on(log.truncate_suffix(end - 1, 0)),
+        Err(LogError::CompactionInFlight { .. })
+    ));
+    let CompactionFinish::Swap(swap) = log.finish_compaction(written) else {
+        panic!("expected a swap");
+    };
+    assert!(!swap.is_abandoned());
+    for offset in [end, last, log.log_end_offset()] {
+        let r = block_on(log.truncate_suffix(offset, 0));
+        assert!(
+            matches!(r, Err(LogError::CompactionInFlight { offset: o, end: e }) if o == offset && e == end),
+            "{offset}: {r:?}"
+        );
+    }
+    assert_eq!(log.log_end_offset(), last + 1, "nothing was cut");
+    let done = block_on(swap.run());
+    log.finish_swap(done).unwrap();
+    assert!(!log.compaction_in_flight());
+    block_on(log.truncate_suffix(end, 0)).unwrap();
+    assert_eq!(log.log_end_offset(), end);
+}
