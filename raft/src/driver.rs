@@ -72,7 +72,7 @@ use crate::adapter::{
 use crate::clock::Clock;
 use crate::group::{role_of, Group, PendingReady};
 use crate::rng::Prng;
-use crate::store::{LogStore, StoreError, SyncToken};
+use crate::store::{LogStore, SnapshotPrep, StoreError, SyncToken};
 use crate::transport::Transport;
 use crate::types::{
     GroupId, HardState, LogEntry, Membership, MembershipChange, NodeId, Role, SnapshotMeta,
@@ -344,6 +344,11 @@ pub struct DriverMetrics {
     pub quiesced: u64,
     /// Groups woken from quiescence.
     pub woken: u64,
+    /// Times a snapshot was held (again) until the store fetched what installing it needs
+    /// (segment transfer).
+    pub snapshots_held: u64,
+    /// Snapshots dropped because that fetch failed (the leader sends another later).
+    pub snapshot_transfers_failed: u64,
 }
 
 /// What is queued for one peer node until the next flush.
@@ -381,6 +386,8 @@ pub struct Driver<S: LogStore, T: Transport, C: Clock> {
     /// Groups with reads waiting for their store to load entries (shared with the groups'
     /// `RaftStore`s, which register themselves on a miss).
     fetching: Rc<RefCell<BTreeSet<GroupId>>>,
+    /// Groups holding a snapshot message until their store prepared it.
+    holding: BTreeSet<GroupId>,
     outbox: BTreeMap<NodeId, Outgoing>,
     peers: BTreeMap<NodeId, PeerState>,
     last_tick_ms: u64,
@@ -416,6 +423,7 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
             syncing: BTreeSet::new(),
             deferring: BTreeSet::new(),
             fetching: Rc::default(),
+            holding: BTreeSet::new(),
             outbox: BTreeMap::new(),
             peers: BTreeMap::new(),
             last_tick_ms,
@@ -608,6 +616,7 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
                 snapshot_to_apply: None,
                 deferred: Vec::new(),
                 deferral: None,
+                held_snapshot: None,
             },
         );
         self.active.insert(group);
@@ -791,6 +800,14 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
         if wake && g.quiesced {
             self.wake(group);
         }
+        let m = if m.get_msg_type() == MessageType::MsgSnapshot {
+            match self.gate_snapshot(group, m, from) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            m
+        };
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
@@ -799,6 +816,70 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
         }
         jitter(&mut g.raw, &mut self.rng, self.cfg.election_ticks);
         self.dirty.insert(group);
+    }
+
+    /// A snapshot Raft would install must first be prepared by the store (a segment
+    /// transfer, [`LogStore::prepare_snapshot`]): until then the message is held (one per
+    /// group; a different snapshot arriving meanwhile is dropped, the leader resends), and
+    /// dropped if the preparation fails. Returns the message when it may be stepped.
+    fn gate_snapshot(&mut self, group: GroupId, m: Message, from: NodeId) -> Option<Message> {
+        let g = self.groups.get_mut(&group)?;
+        let md = m.get_snapshot().get_metadata();
+        // Only a snapshot raft-rs would restore needs anything (it ignores stale ones).
+        if m.term < g.raw.raft.term || md.index <= g.raw.raft.raft_log.committed {
+            return Some(m);
+        }
+        if let Some((held, _)) = &g.held_snapshot {
+            let h = held.get_snapshot().get_metadata();
+            if (h.index, h.term) == (md.index, md.term) && m.term >= held.term {
+                g.held_snapshot = Some((m, from));
+            }
+            return None;
+        }
+        let meta = SnapshotMeta {
+            index: md.index,
+            term: md.term,
+            membership: membership_from_pb(md.get_conf_state()),
+        };
+        let data = m.get_snapshot().data.clone();
+        match g.raw.mut_store().store.prepare_snapshot(from, &meta, &data) {
+            SnapshotPrep::Ready => Some(m),
+            SnapshotPrep::Pending => {
+                g.held_snapshot = Some((m, from));
+                self.holding.insert(group);
+                self.metrics.snapshots_held += 1;
+                None
+            }
+            SnapshotPrep::Failed(e) => {
+                self.metrics.snapshot_transfers_failed += 1;
+                tracing::info!(node = self.cfg.node_id, group, from, error = %e,
+                    "snapshot dropped: its segment transfer failed");
+                None
+            }
+        }
+    }
+
+    /// Asks the stores again about held snapshots; steps those now prepared.
+    fn retry_held_snapshots(&mut self) {
+        if self.holding.is_empty() {
+            return;
+        }
+        let ids: Vec<GroupId> = self.holding.iter().copied().collect();
+        for id in ids {
+            let held = match self.groups.get_mut(&id) {
+                Some(g) if g.failed.is_none() => g.held_snapshot.take(),
+                _ => None,
+            };
+            self.holding.remove(&id);
+            if let Some((m, from)) = held {
+                self.step_remote(id, m, from, true);
+                // Install it now: its staged data must reach the store before another
+                // snapshot can start a transfer that would replace it.
+                if self.dirty.remove(&id) {
+                    self.handle_ready(id);
+                }
+            }
+        }
     }
 
     /// Proposes `payload` (one Kafka batch) as a new entry. Only the leader accepts.
@@ -951,6 +1032,7 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
     pub fn process(&mut self) {
         for _ in 0..MAX_PROCESS_ROUNDS {
             self.retry_fetches();
+            self.retry_held_snapshots();
             let waiting: Vec<GroupId> = self.syncing.iter().copied().collect();
             for id in waiting {
                 self.release(id);
@@ -968,6 +1050,17 @@ impl<S: LogStore, T: Transport, C: Clock> Driver<S, T, C> {
             }
         }
         self.flush();
+    }
+
+    /// Handles `group`'s pending Ready at once — after [`Driver::propose`], so the store
+    /// holds the new entry (the segment store then knows its Kafka offsets) — without the
+    /// rest of [`Driver::process`], whose cost grows with the number of groups waiting for a
+    /// sync. Messages and events it produces wait for the next `process` (call it soon: it
+    /// also releases what waited for syncs and flushes envelopes).
+    pub fn process_group(&mut self, group: GroupId) {
+        if self.dirty.remove(&group) {
+            self.handle_ready(group);
+        }
     }
 
     /// Hands raft-rs back the reads that waited for a load once the store completed one

@@ -47,6 +47,9 @@ pub(crate) struct Group<S: LogStore> {
     pub(crate) deferred: Vec<raft::eraftpb::Entry>,
     /// Index of that membership change and the voters of the configuration it creates.
     pub(crate) deferral: Option<(u64, BTreeSet<NodeId>)>,
+    /// A snapshot message (and its sender) held until the store has what installing it
+    /// needs ([`LogStore::prepare_snapshot`]: a segment transfer).
+    pub(crate) held_snapshot: Option<(Message, NodeId)>,
 }
 
 /// Upper bound for terms and indexes accepted from peers.

@@ -71,7 +71,7 @@ pub use driver::{
 pub use mem::{MemDisk, MemLogStore};
 pub use rng::Prng;
 pub use segment::{MemMeta, MetaIo, SegmentConfig, SegmentStore};
-pub use store::{LogStore, StoreError, StoredState, SyncToken};
+pub use store::{LogStore, SnapshotPrep, StoreError, StoredState, SyncToken};
 pub use transport::{MemNetwork, MemTransport, Transport};
 pub use types::{
     EntryKind, GroupId, HardState, LogEntry, LogStart, Membership, MembershipChange, NodeId, Role,

@@ -31,7 +31,19 @@
 
 use bytes::Bytes;
 
-use crate::types::{EntryKind, HardState, LogEntry, LogStart, Membership, SnapshotMeta};
+use crate::types::{EntryKind, HardState, LogEntry, LogStart, Membership, NodeId, SnapshotMeta};
+
+/// Whether a store can install a snapshot now ([`LogStore::prepare_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotPrep {
+    /// Everything the install needs is here: hand the snapshot to Raft.
+    Ready,
+    /// The store is fetching what the snapshot needs (a segment transfer); ask again after
+    /// its next progress notification.
+    Pending,
+    /// The transfer failed; drop the snapshot (the leader sends another later).
+    Failed(String),
+}
 
 /// Identifies one [`LogStore::sync`] request. Tokens increase; `0` means "nothing".
 pub type SyncToken = u64;
@@ -123,6 +135,19 @@ pub trait LogStore {
     /// abstract "segment transfer"; the in-memory store sends its retained entries).
     fn snapshot_payload(&self, index: u64) -> Result<Bytes, StoreError>;
 
+    /// Called before a snapshot from node `from` is handed to Raft: a store that must fetch
+    /// data to install it (the segment store's segment transfer) starts fetching and answers
+    /// [`SnapshotPrep::Pending`] until it holds all of it, durably and apart from its log, so
+    /// a transfer that does not complete costs nothing. The default needs nothing.
+    fn prepare_snapshot(
+        &mut self,
+        _from: NodeId,
+        _meta: &SnapshotMeta,
+        _payload: &Bytes,
+    ) -> SnapshotPrep {
+        SnapshotPrep::Ready
+    }
+
     /// Indexes of the membership entries after `after`, in log order. Read once when a group
     /// is opened. The default reads the entries; an adapter that indexes entry kinds (the
     /// segment log's control batches) should answer from its index.
@@ -210,6 +235,14 @@ impl<S: LogStore + ?Sized> LogStore for Box<S> {
     }
     fn snapshot_payload(&self, index: u64) -> Result<Bytes, StoreError> {
         (**self).snapshot_payload(index)
+    }
+    fn prepare_snapshot(
+        &mut self,
+        from: NodeId,
+        meta: &SnapshotMeta,
+        payload: &Bytes,
+    ) -> SnapshotPrep {
+        (**self).prepare_snapshot(from, meta, payload)
     }
     fn membership_indexes(&self, after: u64) -> Result<Vec<u64>, StoreError> {
         (**self).membership_indexes(after)

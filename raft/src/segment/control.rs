@@ -2,9 +2,22 @@
 //!
 //! A leader's no-op and the two kinds of configuration entries live in the partition's
 //! segment log like any batch, so they are written as Kafka v2 *control* batches, which
-//! consumers skip: attributes bit 5 (control) set, producer id -1, one control record whose
-//! key is `version: i16 = 0, type: i16` and whose value is the entry's payload (empty for a
-//! no-op, the encoded raft-rs change for configuration entries).
+//! consumers skip: attributes bit 5 (control) set, producer id -1.
+//!
+//! * A **leader no-op** is a *zero-width* control batch: no records, `last_offset_delta = -1`,
+//!   base offset = the log's next offset, so it occupies no Kafka offset (the next batch gets
+//!   the same base offset; raft/README.md, "control batches take Kafka offsets", option 2).
+//!   Every client skips a batch whose last offset is below its fetch position. A new
+//!   partition's first record is at offset 0, and an election (every restart of a group of
+//!   one) leaves no gap in the offsets.
+//! * A **configuration entry** carries a payload (the encoded raft-rs change), so it is a
+//!   control batch of one control record whose key is `version: i16 = 0, type: i16` and whose
+//!   value is the payload: it occupies one offset.
+//!
+//! A no-op right after a zero-width no-op of its own term at the same offset (a node that won
+//! the same term twice) is written with one control record of type
+//! [`CONTROL_TYPE_LEADER_NOOP`] ([`encode_control_record`]) and takes one offset, as every
+//! no-op did before they became zero-width; such no-ops read back as no-ops.
 //!
 //! **Spate's control record types are 100 and up** ([`CONTROL_TYPE_LEADER_NOOP`],
 //! [`CONTROL_TYPE_CONF_CHANGE`], [`CONTROL_TYPE_CONF_CHANGE_V2`]), not KRaft's
@@ -18,7 +31,9 @@
 //! every replica and never match a lookup by time.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use spate_storage::log::batch::{BatchHeader, BATCH_HEADER_LEN, MAGIC_V2};
+use spate_storage::log::batch::{
+    stamp_in_place, zero_width_control_batch, BatchHeader, BATCH_HEADER_LEN, MAGIC_V2,
+};
 
 use crate::types::EntryKind;
 
@@ -80,13 +95,37 @@ fn get_varint(buf: &[u8], at: &mut usize) -> Option<i64> {
     None
 }
 
-/// A complete control batch (header stamped with `base_offset` and `epoch`, CRC computed)
-/// holding one control record of `kind` whose value is `payload`.
+/// A complete control batch (header stamped with `base_offset` and `epoch`, CRC computed):
+/// for [`EntryKind::LeaderNoop`] a zero-width one (no records, `payload` ignored: a no-op has
+/// none), for a configuration entry one holding one control record of `kind` whose value is
+/// `payload`.
 ///
 /// # Panics
 ///
 /// For [`EntryKind::Data`] (a programming error: data entries are client batches).
 pub fn encode_control(kind: EntryKind, payload: &[u8], base_offset: u64, epoch: i32) -> Bytes {
+    if kind == EntryKind::LeaderNoop {
+        let mut b = BytesMut::from(&zero_width_control_batch(epoch)[..]);
+        stamp_in_place(&mut b, base_offset as i64, epoch);
+        return b.freeze();
+    }
+    encode_control_record(kind, payload, base_offset, epoch)
+}
+
+/// A control batch holding one control record of `kind` whose value is `payload`: a
+/// configuration entry, or a no-op that must take an offset (a second no-op of one term at
+/// one offset, see the segment adapter's `append`; and how no-ops were written before they
+/// became zero-width).
+///
+/// # Panics
+///
+/// For [`EntryKind::Data`] (a programming error: data entries are client batches).
+pub fn encode_control_record(
+    kind: EntryKind,
+    payload: &[u8],
+    base_offset: u64,
+    epoch: i32,
+) -> Bytes {
     let ty = control_type(kind).expect("a control entry kind");
     let mut record = BytesMut::with_capacity(16 + payload.len());
     record.put_i8(0); // record attributes
@@ -161,13 +200,24 @@ fn build_batch(
     b.freeze()
 }
 
-/// What a stored batch is as a Raft entry: its kind and payload. A Spate control batch gives
-/// its control kind and the record's value; every other batch (client data, and Kafka's own
-/// control batches such as transaction markers, which the broker proposes as data) is
-/// [`EntryKind::Data`] with the whole batch as payload. `batch` must be one complete,
-/// validated batch.
+/// What a stored batch is as a Raft entry: its kind and payload. A zero-width control batch
+/// is a leader no-op (empty payload); a Spate control batch gives its control kind and the
+/// record's value; every other batch (client data, and Kafka's own control batches such as
+/// transaction markers, which the broker proposes as data) is [`EntryKind::Data`] with the
+/// whole batch as payload. A batch that occupies no offset but is not a zero-width control
+/// batch is refused. `batch` must be one complete, validated batch.
 pub fn decode_entry(batch: Bytes) -> Result<(EntryKind, Bytes), String> {
     let h = BatchHeader::decode(&batch).map_err(|e| e.to_string())?;
+    if h.is_zero_width() {
+        return Ok((EntryKind::LeaderNoop, Bytes::new()));
+    }
+    if h.last_offset_delta < 0 {
+        return Err(format!(
+            "batch at offset {} occupies no offset (last offset delta {}, {} records, \
+             attributes {:#x}) but is not a zero-width control batch (a leader no-op)",
+            h.base_offset, h.last_offset_delta, h.record_count, h.attributes
+        ));
+    }
     match spate_control(&h, &batch)? {
         Some((kind, value)) => Ok((kind, value)),
         None => Ok((EntryKind::Data, batch)),
@@ -223,9 +273,7 @@ fn spate_control(h: &BatchHeader, batch: &Bytes) -> Result<Option<(EntryKind, By
 /// Kafka does, before proposing).
 pub fn is_spate_control(batch: &Bytes) -> bool {
     BatchHeader::decode(batch)
-        .ok()
-        .and_then(|h| spate_control(&h, batch).ok().flatten())
-        .is_some()
+        .is_ok_and(|h| h.is_zero_width() || spate_control(&h, batch).ok().flatten().is_some())
 }
 
 #[cfg(test)]
@@ -239,7 +287,6 @@ mod tests {
     #[test]
     fn control_batches_round_trip_and_validate() {
         for (kind, payload) in [
-            (EntryKind::LeaderNoop, Bytes::new()),
             (
                 EntryKind::ConfChange,
                 Bytes::from_static(b"\x08\x01\x10\x02"),
@@ -257,6 +304,64 @@ mod tests {
             assert_eq!(decode_entry(b.clone()).unwrap(), (kind, payload));
             assert!(is_spate_control(&b));
         }
+    }
+
+    /// Raft §5.4.2 / §8: a leader's no-op is a zero-width control batch — no records, last
+    /// offset delta -1, so it occupies no Kafka offset — exactly storage's
+    /// `zero_width_control_batch`, and reads back as a no-op.
+    #[test]
+    fn a_leader_noop_is_a_zero_width_control_batch() {
+        let b = encode_control(EntryKind::LeaderNoop, b"", 1234, 7);
+        let h = check_first(&b, 1 << 20).unwrap();
+        assert!(h.is_zero_width());
+        assert_eq!((h.base_offset, h.partition_leader_epoch), (1234, 7));
+        assert_eq!((h.record_count, h.last_offset_delta), (0, -1));
+        assert_eq!((h.producer_id, h.base_timestamp), (-1, NO_TIMESTAMP));
+        assert_eq!(h.next_offset(), 1234);
+        let rb = RecordBatch::validate_zero_width(b.clone(), 1 << 20).unwrap();
+        assert_eq!(rb.offset_count(), 0);
+        assert!(RecordBatch::validate(b.clone(), 1 << 20).is_err());
+        let want = RecordBatch::validate_zero_width(zero_width_control_batch(7), 1 << 20)
+            .unwrap()
+            .stamped(1234, 7);
+        assert_eq!(&b, want.bytes());
+        assert_eq!(
+            decode_entry(b.clone()).unwrap(),
+            (EntryKind::LeaderNoop, Bytes::new())
+        );
+        assert!(is_spate_control(&b));
+    }
+
+    /// A no-op written before no-ops were zero-width (one control record of type 100, one
+    /// offset) still reads back as a no-op (Raft §5.3: an entry reads back as what was
+    /// appended).
+    #[test]
+    fn a_one_record_noop_still_reads_back_as_a_noop() {
+        let mut b = BytesMut::from(&encode_control(EntryKind::ConfChange, b"", 0, 1)[..]);
+        let key_at = BATCH_HEADER_LEN + 1 + 1 + 1 + 1 + 1;
+        b[key_at + 2..key_at + 4].copy_from_slice(&CONTROL_TYPE_LEADER_NOOP.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let b = b.freeze();
+        RecordBatch::validate(b.clone(), 1 << 20).unwrap();
+        assert_eq!(
+            decode_entry(b).unwrap(),
+            (EntryKind::LeaderNoop, Bytes::new())
+        );
+    }
+
+    /// A batch that occupies no offset but is not a control batch is not a Raft entry of
+    /// any kind: refused (it cannot be stored either, storage refuses it).
+    #[test]
+    fn a_zero_width_batch_that_is_not_control_is_refused() {
+        let mut b = BytesMut::from(&encode_control(EntryKind::LeaderNoop, b"", 5, 3)[..]);
+        b[21..23].copy_from_slice(&0i16.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let b = b.freeze();
+        assert!(check_first(&b, 1 << 20).is_err());
+        assert!(decode_entry(b.clone()).is_err());
+        assert!(!is_spate_control(&b));
     }
 
     /// Raft §5.3 (one entry = one Kafka batch): the test batch builder writes valid v2 batches.
@@ -298,7 +403,7 @@ mod tests {
     #[test]
     fn other_control_types_are_data() {
         // A transaction marker (type 1, COMMIT) is a client-visible control batch: data.
-        let mut b = BytesMut::from(&encode_control(EntryKind::LeaderNoop, b"", 0, 1)[..]);
+        let mut b = BytesMut::from(&encode_control(EntryKind::ConfChange, b"", 0, 1)[..]);
         let key_at = BATCH_HEADER_LEN + 1 + 1 + 1 + 1 + 1;
         b[key_at + 2..key_at + 4].copy_from_slice(&1i16.to_be_bytes());
         let crc = crc32c::crc32c(&b[CRC_START..]);

@@ -7,14 +7,33 @@
 //! * **One Raft entry is one Kafka record batch.** A data entry's payload is a client batch;
 //!   its term is the batch's `partition_leader_epoch` and its base offset is assigned by the
 //!   log (the next offset), both stamped into the header (outside the CRC). Leader no-ops and
-//!   configuration entries are Kafka control batches ([`control`]), which consumers skip.
+//!   configuration entries are Kafka control batches ([`control`]), which consumers skip. A
+//!   **leader no-op is a zero-width control batch** (no records, `last_offset_delta = -1`):
+//!   it occupies *no* Kafka offset — it sits at the log's next offset, which the batch after
+//!   it gets too — so a partition's first record is at offset 0 and an election (every
+//!   restart of a group of one) leaves no gap. Configuration entries carry a payload: one
+//!   control record, one offset. So does the rare no-op that follows a zero-width no-op of
+//!   its own term at its offset (a node that won the same term twice): two zero-width batches
+//!   of one epoch at one offset could not be told apart (see below).
 //! * **Raft index ≠ Kafka offset.** Offsets count records, indexes count batches. The store
-//!   keeps an in-memory index from Raft index to (term, base offset, last offset, size, kind)
-//!   for every entry of the Raft log, rebuilt on open by scanning the batches from the *log
-//!   anchor* on. The anchor — (index, term, offset): "the Raft log starts after `index`, whose
-//!   term is `term`, and its next entry starts at Kafka offset `offset`" — is kept in the
-//!   metadata store; batches below it (compacted entries, or data written before the
-//!   partition ran Raft) are Kafka data but not Raft entries.
+//!   keeps an in-memory index from Raft index to [`IndexEntry`] (term, base offset, next
+//!   offset — exclusive, equal to the base for a no-op —, size, kind) for every entry of the
+//!   Raft log, rebuilt on open by scanning the batches from the *log anchor* on. The anchor —
+//!   (index, term, offset, no-op flag): "the Raft log starts after `index`, whose term is
+//!   `term`, and its next entry starts at Kafka offset `offset`" — is kept in the metadata
+//!   store; batches below it (compacted entries, or data written before the partition ran
+//!   Raft) are Kafka data but not Raft entries.
+//! * **Batches are addressed by place, not offset.** An offset cannot address a no-op: a read
+//!   by offset starts at the batch *holding* the offset and passes over a zero-width batch
+//!   there, and finds nothing at the log end (where the last election's no-op usually is).
+//!   So the store reads and truncates its own batches by [`BatchAt`] — an offset plus the
+//!   leader epoch below which zero-width batches at that offset are passed over
+//!   ([`IndexEntry::at`]; no-ops at one offset are of distinct, growing terms): the open scan
+//!   ([`PartitionLog::read_at`] from the anchor, in file order: a compaction through a no-op
+//!   anchors after it, [`Anchor::noop`]), loads for lagging followers and suffix truncation
+//!   ([`PartitionLog::truncate_suffix_at`]: a divergent suffix that starts right after a
+//!   no-op sharing its offset keeps that no-op). Kafka fetches keep reading by offset
+//!   ([`PartitionLog::plan_read`]) and never see a no-op first.
 //! * **Metadata** (in the group's region of the metadata store): hard state, membership, the
 //!   anchor, the applied checkpoint ([`crate::StoredState::applied`]) and, while a snapshot is
 //!   being installed, a reset marker.
@@ -26,9 +45,12 @@
 //! queues an operation; [`LogStore::sync`] hands out a token for "everything queued so far".
 //! The **pump** ([`SegmentStore::pump`], one task per store on the partition's shard) drains
 //! the queue in order: appends go into the log's appender (in memory), suffix truncations run
-//! [`PartitionLog::truncate_suffix`] (durable on return), and then, concurrently, one group
+//! [`PartitionLog::truncate_suffix_at`] (durable on return), and then, concurrently, one group
 //! commit of the log (write + `fdatasync`, [`PartitionLog::start_flush`] and friends) and one
-//! metadata-store write (hard state, membership). When both are durable, every token issued
+//! metadata-store write (hard state, membership). Durability is counted in entries: a group
+//! commit takes every byte appended so far, so when its `fdatasync` completes every entry
+//! appended before it started is durable — a no-op too, although it never moves the log's
+//! committed offset. When both are durable, every token issued
 //! before the drain completes and the pump calls `on_progress` (and yields once); the owner
 //! then calls
 //! [`crate::Driver::process`], which releases the messages that waited for that sync (vote
@@ -59,19 +81,25 @@
 //! entries and pending configuration changes synchronously). Below it, payloads stay cached
 //! up to [`SegmentConfig::cache_bytes_max`] once durable; a read of an evicted entry (a
 //! follower far behind) answers [`StoreError::Loading`], the pump reads the batches from the
-//! segment files and the driver retries (raft-rs async fetch).
+//! segment files (by place, no-ops included) and the driver retries (raft-rs async fetch).
 //!
 //! # Snapshots
 //!
-//! A snapshot payload is the Kafka offset after the snapshot index. A follower installing it
-//! resets its log to start (empty) at that offset; the data below is *not* transferred yet
-//! (see the crate README: segment transfer is still missing), so such a follower serves
-//! consumers from the snapshot point on.
+//! A snapshot payload (version 3) is the snapshot anchor — the Kafka offset `S` after the
+//! snapshot index (the no-op's own offset when the snapshot index is a no-op) — plus the
+//! leader's retained range: the offset `L` its data starts at (its anchor's offset, or with
+//! [`SegmentConfig::compaction_keeps_data`] its Kafka log start) and a size estimate. With a
+//! [`SegmentConfig::snapshot_source`], a follower first **transfers** `[L, S)` — every batch,
+//! byte for byte with its offsets and epochs, zero-width no-ops included — into a staging
+//! area beside its log, and only then lets Raft install the snapshot, which swaps the staged
+//! log in crash-safely ([`transfer`]). Without a source (or from a version 1/2 payload) the
+//! follower's log restarts, empty, at `S`. Producer state is not transferred (the broker's).
 
 pub mod control;
 pub mod meta;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -84,11 +112,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use spate_storage::log::batch::{check_first, RecordBatch};
 use spate_storage::log::file::{SegmentDir, SegmentFile};
 use spate_storage::log::segment::segment_name;
-use spate_storage::log::{LogConfig, LogError, PartitionLog};
+use spate_storage::log::{BatchAt, LogConfig, LogError, PartitionLog};
 use spate_storage::metastore::{GroupHardState, GroupMembership, GroupState, GroupWrite};
 
-use self::control::{decode_entry, encode_control, is_spate_control};
+use self::control::{decode_entry, encode_control, encode_control_record, is_spate_control};
 pub use self::meta::{MemMeta, MetaIo};
+pub use self::transfer::{SnapshotSource, TransferPlan, TransferStats};
 use crate::store::{LogStore, StoreError, StoredState, SyncToken};
 use crate::types::{EntryKind, GroupId, HardState, LogEntry, LogStart, Membership, SnapshotMeta};
 
@@ -100,8 +129,11 @@ pub const KEY_APPLIED: &[u8] = b"raft/applied";
 pub const KEY_RESET: &[u8] = b"raft/reset";
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"SPSN";
-const SNAPSHOT_VERSION: u8 = 1;
-const SNAPSHOT_LEN: usize = 4 + 1 + 3 * 8;
+/// Version 2 adds the no-op flag ([`Anchor::noop`]); version 1 (without it) still decodes.
+/// Version 3 (written by [`transfer::encode_plan`]) adds the transfer range.
+const SNAPSHOT_VERSION: u8 = 2;
+const SNAPSHOT_LEN_V1: usize = 4 + 1 + 3 * 8;
+const SNAPSHOT_LEN: usize = SNAPSHOT_LEN_V1 + 1;
 
 /// A hook the pump awaits between writing a flush and `fdatasync`ing it. Production passes
 /// none; the simulator uses it to hold syncs for a simulated latency, so crashes can hit
@@ -110,6 +142,9 @@ pub trait SyncGate {
     /// Resolves when the fsync may start.
     fn wait(&self) -> Pin<Box<dyn Future<Output = ()>>>;
 }
+
+/// The owner's timer: a future that resolves after the given time.
+pub type Sleep = Rc<dyn Fn(std::time::Duration) -> Pin<Box<dyn Future<Output = ()>>>>;
 
 /// Tunables of one [`SegmentStore`].
 #[derive(Clone)]
@@ -131,6 +166,15 @@ pub struct SegmentConfig {
     pub on_progress: Option<Rc<dyn Fn(GroupId)>>,
     /// See [`SyncGate`].
     pub sync_gate: Option<Rc<dyn SyncGate>>,
+    /// Sleeps for the given time (the owner's runtime timer). With it, the pump waits out
+    /// conditions that pass instead of failing the store: a full disk (the flush's bytes go
+    /// back into the log's appender and the flush is retried every
+    /// [`spate_storage::log::DISK_FULL_RETRY`]; appends are refused by the log meanwhile)
+    /// and a suffix truncation refused while a compaction swap is in flight (retried every
+    /// millisecond). Without it, both fail the store.
+    pub sleep: Option<Sleep>,
+    /// Told how long each segment-log `fdatasync` took (the owner's metrics).
+    pub on_fsync: Option<Rc<dyn Fn(std::time::Duration)>>,
     /// What Raft log compaction (`compact_prefix`) does to the partition's data below the new
     /// anchor. `false` (the default): whole segments below it are deleted (`truncate_prefix`)
     /// — the Raft log *is* the retained log. `true`: only the anchor moves and the Kafka data
@@ -138,6 +182,12 @@ pub struct SegmentConfig {
     /// the broker compacts the Raft log to keep a reopen's index rebuild short (it reads only
     /// from the anchor), not to free space.
     pub compaction_keeps_data: bool,
+    /// Where a follower installing a snapshot fetches the leader's retained data below the
+    /// snapshot point (segment transfer, [`transfer`]). `None`: the log restarts empty at the
+    /// snapshot's offset (no data below it is copied).
+    pub snapshot_source: Option<Rc<dyn SnapshotSource>>,
+    /// Upper bound of one transfer fetch.
+    pub transfer_chunk_bytes: usize,
 }
 
 impl Default for SegmentConfig {
@@ -150,7 +200,11 @@ impl Default for SegmentConfig {
             scan_bytes: 1 << 20,
             on_progress: None,
             sync_gate: None,
+            sleep: None,
+            on_fsync: None,
             compaction_keeps_data: false,
+            snapshot_source: None,
+            transfer_chunk_bytes: 1 << 20,
         }
     }
 }
@@ -164,30 +218,62 @@ pub struct Anchor {
     pub term: u64,
     /// Kafka offset of the entry `index + 1`.
     pub offset: u64,
+    /// The entry at `index` is a zero-width leader no-op, *at* `offset`: entry `index + 1`
+    /// may follow it at the same offset (a compaction through a no-op; a snapshot of one,
+    /// whose flag the follower takes over). The open scan then passes over the zero-width
+    /// batches at `offset` up to term `term` included, otherwise only those of earlier terms
+    /// (the bootstrap anchor is no batch of the log, and the no-op of its term may still
+    /// follow it); a no-op of term `term` right after the anchor takes an offset (see
+    /// [`LogStore::append`] on [`SegmentStore`]).
+    pub noop: bool,
 }
 
 impl Anchor {
     fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(24);
+        let mut b = BytesMut::with_capacity(25);
         b.put_u64(self.index);
         b.put_u64(self.term);
         b.put_u64(self.offset);
+        b.put_u8(u8::from(self.noop));
         b.freeze()
     }
 
+    /// 25 bytes; 24 (no flags: not a no-op) as written before no-ops were zero-width.
     fn decode(v: &[u8]) -> Result<Anchor, StoreError> {
-        if v.len() != 24 {
+        if v.len() != 24 && v.len() != 25 {
             return Err(StoreError::Invalid(format!(
                 "anchor record of {} bytes",
                 v.len()
             )));
         }
         let u = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+        let noop = match v.get(24) {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(f) => {
+                return Err(StoreError::Invalid(format!("anchor record flags {f:#x}")));
+            }
+        };
         Ok(Anchor {
             index: u(0),
             term: u(8),
             offset: u(16),
+            noop,
         })
+    }
+
+    /// Where the Raft log's first entry is in the Kafka log, as a batch place: after every
+    /// zero-width batch at `offset` that belongs below the anchor.
+    fn first_batch(&self) -> BatchAt {
+        let term = i64::try_from(self.term).unwrap_or(i64::MAX);
+        BatchAt {
+            offset: self.offset,
+            min_epoch: if self.noop {
+                term.saturating_add(1)
+            } else {
+                term
+            },
+        }
     }
 }
 
@@ -196,21 +282,45 @@ impl Anchor {
 pub struct IndexEntry {
     /// Raft term (the batch's leader epoch).
     pub term: u64,
-    /// Kafka offset of the batch's first record.
+    /// Kafka offset of the batch's first record (for a leader no-op, which holds none: the
+    /// offset of the batch after it).
     pub base_offset: u64,
-    /// Kafka offset of its last record.
-    pub last_offset: u64,
+    /// The offset after its last record (exclusive): `base_offset` for a leader no-op, a
+    /// zero-width control batch that occupies no offset.
+    pub next_offset: u64,
     /// Batch size in bytes.
     pub len: u32,
     /// Data or control.
     pub kind: EntryKind,
 }
 
+impl IndexEntry {
+    /// Whether the entry occupies no Kafka offset (a leader no-op).
+    pub fn is_zero_width(&self) -> bool {
+        self.next_offset == self.base_offset
+    }
+
+    /// The entry's batch as a place in the log: a zero-width no-op by its term (every batch
+    /// at its offset in a file before it is a no-op of an earlier term), any other batch
+    /// after every no-op at its offset (of its own term or earlier).
+    pub fn at(&self) -> BatchAt {
+        let epoch = i64::try_from(self.term).unwrap_or(i64::MAX);
+        BatchAt {
+            offset: self.base_offset,
+            min_epoch: if self.is_zero_width() {
+                epoch
+            } else {
+                epoch.saturating_add(1)
+            },
+        }
+    }
+}
+
 enum Op {
     Append(Vec<(RecordBatch, u64, u64)>),
     Truncate {
         from: u64,
-        offset: u64,
+        at: BatchAt,
         floor: u64,
     },
     HardState(HardState),
@@ -223,51 +333,43 @@ enum Op {
     Compact(Anchor),
 }
 
-/// What the pump made of the log (which may lag the view).
+/// What the pump made of the log (which may lag the view). Durability is counted in
+/// entries, not read off the log's committed offset: a leader no-op occupies no offset, so
+/// it never moves that offset.
 #[derive(Default)]
 struct Disk {
     anchor: Anchor,
-    /// Last offsets of the entries `tail_base + 1 ..` as appended to the log; entries at or
-    /// below the commit index that are durable are dropped from the front.
-    tail_base: u64,
-    tail: VecDeque<u64>,
+    /// Entries at or below this are durable and applied: they can no longer change.
+    fixed: u64,
+    /// Highest index appended to the log (into its appender; maybe not written yet).
+    appended: u64,
     /// Highest index durable in the log.
     durable: u64,
     /// A snapshot installation is running.
     installing: bool,
+    /// Segment transfers for snapshots ([`transfer`]).
+    transfers: transfer::Transfers,
 }
 
 impl Disk {
     fn at(anchor: Anchor) -> Disk {
         Disk {
             anchor,
-            tail_base: anchor.index,
-            tail: VecDeque::new(),
+            fixed: anchor.index,
+            appended: anchor.index,
             durable: anchor.index,
             installing: false,
+            transfers: transfer::Transfers::default(),
         }
     }
 
-    fn last(&self) -> u64 {
-        self.tail_base + self.tail.len() as u64
-    }
-
-    /// Everything below `committed_offset` is durable; entries at or below `commit` (applied)
-    /// that are durable can no longer change and leave the mirror.
-    fn advance(&mut self, committed_offset: u64, commit: u64) {
-        let mut i = self.durable.max(self.tail_base);
-        while i < self.last() {
-            let last = self.tail[(i - self.tail_base) as usize];
-            if last >= committed_offset {
-                break;
-            }
-            i += 1;
-        }
-        self.durable = self.durable.max(i);
-        while self.tail_base < self.durable.min(commit) && !self.tail.is_empty() {
-            self.tail.pop_front();
-            self.tail_base += 1;
-        }
+    /// A group commit of the log that started when `upto` was the last index appended has
+    /// completed (written and fdatasynced): every entry up to it is durable — zero-width
+    /// no-ops too, whose bytes the commit carried although they move no offset. Entries at
+    /// or below `commit` (applied) that are durable can no longer change.
+    fn advance(&mut self, upto: u64, commit: u64) {
+        self.durable = self.durable.max(upto.min(self.appended));
+        self.fixed = self.fixed.max(self.durable.min(commit));
     }
 }
 
@@ -315,6 +417,8 @@ struct Inner<D: SegmentDir, M> {
     busy: bool,
     closed: bool,
     durable_generation: u64,
+    /// What the segment log's recovery did at open (taken by the owner).
+    recovery: Option<spate_storage::log::RecoveryReport>,
 }
 
 fn io(e: LogError) -> StoreError {
@@ -340,14 +444,14 @@ impl<D: SegmentDir, M> Inner<D, M> {
     fn next_offset(&self) -> u64 {
         self.index
             .back()
-            .map_or(self.anchor.offset, |e| e.last_offset + 1)
+            .map_or(self.anchor.offset, |e| e.next_offset)
     }
 
     fn offset_after(&self, index: u64) -> Option<u64> {
         if index == self.anchor.index {
             Some(self.anchor.offset)
         } else {
-            self.entry(index).map(|e| e.last_offset + 1)
+            self.entry(index).map(|e| e.next_offset)
         }
     }
 
@@ -514,6 +618,10 @@ async fn reset_log<D: SegmentDir>(
         log.truncate_suffix(start, start).await.map_err(io)?;
         log.close().await.map_err(io)?;
     }
+    // A complete segment transfer staged for this anchor: switch to it (or finish switching).
+    if let Some(log) = transfer::switch_to_staged(dir, config, anchor).await? {
+        return Ok(log);
+    }
     let names = dir.list().await.map_err(|e| io_std("list", e))?;
     let mut names: Vec<String> = names.into_iter().filter(|n| is_log_file(n)).collect();
     names.sort();
@@ -585,19 +693,30 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
                 )
                 .await?;
                 anchor = Some(reset);
-                log
+                (log, None)
             }
             None => {
-                PartitionLog::open(dir.clone(), cfg.log.clone())
+                let (log, report) = PartitionLog::open(dir.clone(), cfg.log.clone())
                     .await
-                    .map_err(io)?
-                    .0
+                    .map_err(io)?;
+                (log, Some(report))
             }
         };
+        let (log, recovery) = log;
+        // No anchor yet (before bootstrap): the Raft log would start at the log's end, after
+        // every batch already there, zero-width ones at the end included.
+        let first_batch = anchor.map_or(
+            BatchAt {
+                offset: log.log_end_offset(),
+                min_epoch: i64::MAX,
+            },
+            |a| a.first_batch(),
+        );
         let anchor = anchor.unwrap_or(Anchor {
             index: 0,
             term: 0,
             offset: log.log_end_offset(),
+            noop: false,
         });
         if anchor.offset > log.log_end_offset() || anchor.offset < log.log_start_offset() {
             return Err(StoreError::Invalid(format!(
@@ -608,7 +727,7 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
             )));
         }
         let checkpoint = checkpoint.max(anchor.index);
-        let (index, cache) = scan(&log, anchor, checkpoint, &cfg).await?;
+        let (index, cache) = scan(&log, anchor, first_batch, checkpoint, &cfg).await?;
         let last = anchor.index + index.len() as u64;
         if checkpoint > last {
             return Err(StoreError::Invalid(format!(
@@ -628,12 +747,8 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
             .map(membership_from_meta)
             .unwrap_or_default();
         let mut disk = Disk::at(anchor);
-        disk.tail_base = checkpoint;
-        disk.tail = index
-            .iter()
-            .skip((checkpoint - anchor.index) as usize)
-            .map(|e| e.last_offset)
-            .collect();
+        disk.fixed = checkpoint;
+        disk.appended = last;
         disk.durable = last;
         let cache_bytes = cache.iter().map(|b| b.len() as u64).sum();
         Ok(SegmentStore {
@@ -671,6 +786,7 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
                 busy: false,
                 closed: false,
                 durable_generation: 1,
+                recovery,
             })),
         })
     }
@@ -680,12 +796,15 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
         self.inner.borrow().group
     }
 
-    /// Kafka offsets `(base, last)` of the batch at Raft index `index`.
+    /// Kafka offsets `(base, next)` of the batch at Raft index `index`: its first offset and
+    /// the offset after its last (exclusive). A produced batch's base offset for the produce
+    /// response is `base`; `next` is [`Self::offset_after`]. A leader no-op occupies no
+    /// offset: `base == next` (the offset of the batch after it).
     pub fn offsets(&self, index: u64) -> Option<(u64, u64)> {
         self.inner
             .borrow()
             .entry(index)
-            .map(|e| (e.base_offset, e.last_offset))
+            .map(|e| (e.base_offset, e.next_offset))
     }
 
     /// The Kafka offset after the entry at `index` (for the commit index: the high
@@ -713,6 +832,36 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
     /// without holding the store). `None` while the pump runs an exclusive operation.
     pub fn with_log<R>(&self, f: impl FnOnce(&PartitionLog<D>) -> R) -> Option<R> {
         self.inner.borrow().log.as_ref().map(f)
+    }
+
+    /// Runs `f` on the partition log, mutably: the broker's storage policies below the Raft
+    /// log (retention, DeleteRecords, user-topic compaction, segment rolls) and its batch
+    /// cache. They must not touch what the Raft log still holds: the broker compacts the
+    /// Raft log (`Driver::compact_log`) past a range before a policy removes or rewrites it.
+    /// Appends and suffix truncation go through the driver only. `None` while the pump runs
+    /// an exclusive operation.
+    pub fn with_log_mut<R>(&self, f: impl FnOnce(&mut PartitionLog<D>) -> R) -> Option<R> {
+        self.inner.borrow_mut().log.as_mut().map(f)
+    }
+
+    /// What the segment log's recovery did when the store opened (once; `None` after an
+    /// interrupted snapshot installation was finished instead).
+    pub fn take_recovery_report(&self) -> Option<spate_storage::log::RecoveryReport> {
+        self.inner.borrow_mut().recovery.take()
+    }
+
+    /// The log anchor as durable in the metadata store (a compaction's new anchor once the
+    /// pump wrote it): data below its offset is no longer part of the Raft log, even after
+    /// a crash, so storage policies may remove or rewrite it.
+    pub fn durable_anchor(&self) -> Anchor {
+        self.inner.borrow().disk.anchor
+    }
+
+    /// Asks the pump for a group commit of the log even without new entries (after the
+    /// broker rolled a segment: the flush creates the new segment's file and writes the
+    /// rolled one's index; a disk-full retry).
+    pub fn flush_soon(&self) {
+        self.inner.borrow_mut().push_op(Op::Append(Vec::new()));
     }
 
     /// Highest index durable in the segment log (what the disk holds now, whatever the
@@ -782,8 +931,10 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
         Ok(out)
     }
 
-    /// Reads entries `lo..hi` (all below the cache) from the segment files, up to about
-    /// `max_bytes`; stops early where the file no longer matches the index.
+    /// Reads entries `lo..hi` (all below the cache, so durable) from the segment files, up to
+    /// about `max_bytes`; stops early where the file no longer matches the index. Reads by
+    /// batch place ([`PartitionLog::plan_read_at`]): a Kafka read by offset never returns a
+    /// zero-width no-op, and a no-op shares its offset with the batch after it.
     async fn read_range(
         &self,
         lo: u64,
@@ -805,7 +956,11 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
             (expect, i.cfg.log.max_batch_bytes)
         };
         let mut out = Vec::new();
-        while let Some(&(_, first)) = expect.front() {
+        let Some(&(_, first)) = expect.front() else {
+            return Ok(out);
+        };
+        let mut at = first.at();
+        while !expect.is_empty() {
             let want: usize = expect.iter().map(|(_, e)| e.len as usize).sum();
             let plan = {
                 let i = self.inner.borrow();
@@ -813,18 +968,20 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
                     .log
                     .as_ref()
                     .ok_or_else(|| StoreError::Io("log busy".into()))?;
-                log.plan_read(first.base_offset, want).map_err(io)?
+                log.plan_read_at(at, want).map_err(io)?
             };
-            let read = plan.run().await.map_err(io)?;
-            if read.bytes.is_empty() || read.base_offset != first.base_offset {
+            let run = plan.run().await.map_err(io)?;
+            if run.bytes.is_empty() {
                 break;
             }
-            for b in split_batches(read.bytes, max_batch)? {
+            at = run.next;
+            for b in split_batches(run.bytes, max_batch)? {
                 let Some((index, e)) = expect.pop_front() else {
                     break;
                 };
                 let h = check_first(&b, max_batch).map_err(|e| StoreError::Io(e.to_string()))?;
                 if h.base_offset as u64 != e.base_offset
+                    || h.next_offset() as u64 != e.next_offset
                     || h.partition_leader_epoch as u64 != e.term
                 {
                     return Ok(out);
@@ -847,11 +1004,19 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
     pub fn pump(&self) -> impl Future<Output = ()> {
         let this = self.clone();
         async move {
-            loop {
-                if !this.step().await {
-                    return;
-                }
+            // Leftovers of an interrupted segment transfer (or of a finished switch).
+            let dir = this.inner.borrow().dir.clone();
+            if let Err(e) = transfer::discard_staging(&dir).await {
+                tracing::warn!(group = this.group(), error = %e, "cannot discard staged files");
             }
+            let ops = async {
+                loop {
+                    if !this.step().await {
+                        return;
+                    }
+                }
+            };
+            futures_lite::future::zip(ops, this.transfer_loop()).await;
         }
     }
 
@@ -868,6 +1033,12 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
                 self.guarded(Self::round).await;
             } else if load {
                 self.guarded(Self::load).await;
+            } else if self.transfer_progress().is_some() {
+                // A queued segment transfer (the pump runs it alongside the rounds).
+                self.run_transfer().await;
+                if self.transfer_progress().is_some() {
+                    return Ok(());
+                }
             } else {
                 return Ok(());
             }
@@ -941,17 +1112,13 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
         for (seq, op) in ops {
             match op {
                 Op::Append(batches) => self.apply_appends(batches)?,
-                Op::Truncate {
-                    from,
-                    offset,
-                    floor,
-                } => {
+                Op::Truncate { from, at, floor } => {
                     // What came before is made durable (and its tokens completed) first: a
                     // token may complete only once its own writes were durable, even if a
                     // later truncation removes them again (their acknowledgements leave).
                     self.finish_chunk(std::mem::take(&mut chunk), chunk_seq, None)
                         .await?;
-                    self.apply_truncate(from, offset, floor).await?
+                    self.apply_truncate(from, at, floor).await?
                 }
                 Op::HardState(hs) => chunk.hard_state = Some(hard_state_to_meta(hs)),
                 Op::Membership(index, m) => {
@@ -987,38 +1154,62 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
             .as_mut()
             .ok_or_else(|| StoreError::Io("log missing".into()))?;
         for (batch, term, base) in batches {
-            let a = log.append(&batch, term).map_err(io)?;
-            if a.base_offset != base {
+            let got = if batch.header().is_zero_width() {
+                log.append_zero_width(&batch, term)
+            } else {
+                log.append(&batch, term).map(|a| a.base_offset)
+            }
+            .map_err(io)?;
+            if got != base {
                 return Err(StoreError::Invalid(format!(
-                    "batch appended at offset {} where the index expects {base}",
-                    a.base_offset
+                    "batch appended at offset {got} where the index expects {base}"
                 )));
             }
-            i.disk.tail.push_back(a.last_offset);
+            i.disk.appended += 1;
         }
         Ok(())
     }
 
-    async fn apply_truncate(&self, from: u64, offset: u64, floor: u64) -> Result<(), StoreError> {
+    async fn apply_truncate(&self, from: u64, at: BatchAt, floor: u64) -> Result<(), StoreError> {
         let mut log = {
             let mut i = self.inner.borrow_mut();
-            if from <= i.disk.tail_base {
+            if from <= i.disk.fixed {
                 return Err(StoreError::Invalid(format!(
                     "truncation from {from} below the durable commit point {}",
-                    i.disk.tail_base
+                    i.disk.fixed
                 )));
             }
-            let keep = (from - i.disk.tail_base - 1) as usize;
-            i.disk.tail.truncate(keep);
+            i.disk.appended = i.disk.appended.min(from - 1);
             i.disk.durable = i.disk.durable.min(from - 1);
             i.durable_generation += 1;
             i.log
                 .take()
                 .ok_or_else(|| StoreError::Io("log missing".into()))?
         };
-        let r = log.truncate_suffix(offset, floor).await;
-        self.inner.borrow_mut().log = Some(log);
-        r.map_err(io)
+        // From entry `from`'s batch on: no-ops before it at the same offset stay (a no-op
+        // occupies no offset, so a truncation by offset alone would take them too).
+        let sleep = self.inner.borrow().cfg.sleep.clone();
+        loop {
+            let r = log.truncate_suffix_at(at, floor).await;
+            match (r, &sleep) {
+                // A compaction swap of user data is in flight: the log refuses suffix
+                // truncations until it is finished (the swap's checkpoint would be stale).
+                (Err(LogError::CompactionInFlight { .. }), Some(sleep)) => {
+                    self.inner.borrow_mut().log = Some(log);
+                    sleep(std::time::Duration::from_millis(1)).await;
+                    log = self
+                        .inner
+                        .borrow_mut()
+                        .log
+                        .take()
+                        .ok_or_else(|| StoreError::Io("log missing".into()))?;
+                }
+                (r, _) => {
+                    self.inner.borrow_mut().log = Some(log);
+                    return r.map_err(io);
+                }
+            }
+        }
     }
 
     /// Group commit of the log and the metadata write of one chunk, concurrently; then the
@@ -1029,7 +1220,7 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
         seq: u64,
         checkpoint: Option<u64>,
     ) -> Result<(), StoreError> {
-        let (job, meta, group, gate, new_checkpoint) = {
+        let ((job, upto), meta, group, gate, new_checkpoint, sleep, on_fsync) = {
             let mut i = self.inner.borrow_mut();
             let i = &mut *i;
             let mut new_checkpoint = None;
@@ -1052,46 +1243,97 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
             if let Some(hs) = &mut write.hard_state {
                 hs.commit = hs.commit.max(i.known_commit);
             }
+            // The job takes every byte appended so far: once it is durable, so is every entry
+            // up to here (earlier ones were in earlier, completed jobs).
+            let upto = i.disk.appended;
             let job = match i.log.as_mut() {
                 Some(log) => log.start_flush().map_err(io)?,
                 None => return Err(StoreError::Io("log missing".into())),
             };
             (
-                job,
+                (job, upto),
                 i.meta.clone(),
                 i.group,
                 i.cfg.sync_gate.clone(),
                 new_checkpoint,
+                i.cfg.sleep.clone(),
+                i.cfg.on_fsync.clone(),
             )
         };
         let flush = async {
             let Some(job) = job else {
+                // Nothing unwritten and no flush in flight: every byte appended went through
+                // a completed group commit.
+                let mut i = self.inner.borrow_mut();
+                let applied = i.applied;
+                i.disk.advance(upto, applied);
                 return Ok(());
             };
-            let written = job.write().await;
-            let written = {
-                let mut i = self.inner.borrow_mut();
-                let log = i
-                    .log
-                    .as_mut()
-                    .ok_or_else(|| StoreError::Io("log missing".into()))?;
-                log.finish_write(written).map_err(io)?
+            let mut job = job;
+            let mut disk_full_logged = false;
+            let written = loop {
+                let written = job.write().await;
+                let finished = {
+                    let mut i = self.inner.borrow_mut();
+                    let log = i
+                        .log
+                        .as_mut()
+                        .ok_or_else(|| StoreError::Io("log missing".into()))?;
+                    log.finish_write(written)
+                };
+                match (finished, &sleep) {
+                    (Ok(w), _) => break w,
+                    (Err(e), Some(sleep)) if e.is_disk_full() => {
+                        // Nothing is lost: the bytes went back into the appender; the log
+                        // refuses appends until a flush gets through.
+                        if !disk_full_logged {
+                            disk_full_logged = true;
+                            tracing::warn!(group, error = %e,
+                                "disk full: appends refused, retrying the flush every second");
+                        }
+                        sleep(spate_storage::log::DISK_FULL_RETRY).await;
+                        let next = {
+                            let mut i = self.inner.borrow_mut();
+                            let log = i
+                                .log
+                                .as_mut()
+                                .ok_or_else(|| StoreError::Io("log missing".into()))?;
+                            log.start_flush().map_err(io)?
+                        };
+                        match next {
+                            Some(j) => job = j,
+                            None => {
+                                return Err(StoreError::Io(
+                                    "a disk-full flush retry found nothing to write".into(),
+                                ))
+                            }
+                        }
+                    }
+                    (Err(e), _) => return Err(io(e)),
+                }
             };
+            if disk_full_logged {
+                tracing::info!(group, "disk space back: flushing again");
+            }
             if let Some(gate) = gate {
                 gate.wait().await;
             }
+            let started = std::time::Instant::now();
             let synced = written.sync().await;
+            if let Some(f) = &on_fsync {
+                f(started.elapsed());
+            }
             let mut i = self.inner.borrow_mut();
             let i = &mut *i;
             let log = i
                 .log
                 .as_mut()
                 .ok_or_else(|| StoreError::Io("log missing".into()))?;
-            let committed = log.finish_sync(synced).map_err(io)?;
+            log.finish_sync(synced).map_err(io)?;
             // Entries up to the applied index can no longer be truncated: every queued
             // truncation starts above it (the applied entries' own sync covered it).
             let applied = i.applied;
-            i.disk.advance(committed, applied);
+            i.disk.advance(upto, applied);
             i.durable_generation += 1;
             Ok::<(), StoreError>(())
         };
@@ -1165,6 +1407,8 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
         }
         meta.write(group, write).await?;
         if reset {
+            // With a complete segment transfer staged for it, the reset switches to it.
+            let staged = transfer::staged_for(&dir, &anchor).await;
             let old = self.inner.borrow_mut().log.take();
             let log = reset_log(old, &dir, &config, anchor).await?;
             self.inner.borrow_mut().log = Some(log);
@@ -1176,9 +1420,12 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
                 },
             )
             .await?;
+            self.transfer_installed(anchor, staged).await?;
         }
         let mut i = self.inner.borrow_mut();
+        let transfers = std::mem::take(&mut i.disk.transfers);
         i.disk = Disk::at(anchor);
+        i.disk.transfers = transfers;
         i.checkpoint_written = i.checkpoint_written.max(anchor.index);
         i.durable_generation += 1;
         Ok(())
@@ -1212,11 +1459,8 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
         let mut i = self.inner.borrow_mut();
         let d = &mut i.disk;
         d.anchor = anchor;
-        while d.tail_base < anchor.index && !d.tail.is_empty() {
-            d.tail.pop_front();
-            d.tail_base += 1;
-        }
-        d.tail_base = d.tail_base.max(anchor.index);
+        d.fixed = d.fixed.max(anchor.index);
+        d.appended = d.appended.max(anchor.index);
         d.durable = d.durable.max(anchor.index);
         i.durable_generation += 1;
         Ok(())
@@ -1290,33 +1534,40 @@ impl<D: SegmentDir, M: MetaIo> SegmentStore<D, M> {
     }
 }
 
-/// Reads the batches from the anchor on: the index, and the payloads after `checkpoint`.
+/// Reads the batches of the Raft log, from `first` (the anchor's first batch,
+/// [`Anchor::first_batch`]) on: the index, and the payloads after `checkpoint`. Every batch
+/// in file order, by place ([`PartitionLog::read_at`]): a read by offset would pass over a
+/// zero-width no-op at the offset and find nothing at the log end, where the last election's
+/// no-op usually is.
 async fn scan<D: SegmentDir>(
     log: &PartitionLog<D>,
     anchor: Anchor,
+    first: BatchAt,
     checkpoint: u64,
     cfg: &SegmentConfig,
 ) -> Result<(VecDeque<IndexEntry>, VecDeque<Bytes>), StoreError> {
     let mut index = VecDeque::new();
     let mut cache = VecDeque::new();
-    let mut offset = anchor.offset;
     let mut prev_term = anchor.term;
     let end = log.log_end_offset();
     let max_batch = cfg.log.max_batch_bytes;
-    while offset < end {
-        let read = log.read(offset, cfg.scan_bytes).await.map_err(io)?;
-        if read.bytes.is_empty() {
-            return Err(StoreError::Io(format!(
-                "nothing readable at offset {offset} below the log end {end}"
-            )));
+    let mut at = first;
+    let mut next = anchor.offset;
+    loop {
+        let run = log.read_at(at, cfg.scan_bytes).await.map_err(io)?;
+        if run.bytes.is_empty() {
+            break;
         }
-        if read.base_offset != offset {
-            return Err(StoreError::Invalid(format!(
-                "no batch starts at offset {offset} (the Raft log anchor or a batch end)"
-            )));
-        }
-        for b in split_batches(read.bytes, max_batch)? {
+        at = run.next;
+        for b in split_batches(run.bytes, max_batch)? {
             let h = check_first(&b, max_batch).map_err(|e| StoreError::Io(e.to_string()))?;
+            if h.base_offset as u64 != next {
+                return Err(StoreError::Invalid(format!(
+                    "batch at offset {} where the Raft log continues at {next} (the Raft log \
+                     anchor or a batch end)",
+                    h.base_offset
+                )));
+            }
             let term = u64::try_from(h.partition_leader_epoch).unwrap_or(0);
             if term < prev_term || term == 0 {
                 return Err(StoreError::Invalid(format!(
@@ -1325,12 +1576,13 @@ async fn scan<D: SegmentDir>(
                 )));
             }
             prev_term = term;
+            next = h.next_offset() as u64;
             let len = b.len() as u32;
             let (kind, payload) = decode_entry(b).map_err(StoreError::Io)?;
             index.push_back(IndexEntry {
                 term,
                 base_offset: h.base_offset as u64,
-                last_offset: h.last_offset() as u64,
+                next_offset: next,
                 len,
                 kind,
             });
@@ -1338,27 +1590,47 @@ async fn scan<D: SegmentDir>(
                 cache.push_back(payload);
             }
         }
-        offset = read.next_offset;
+    }
+    if next != end {
+        return Err(StoreError::Io(format!(
+            "the Raft log read from its anchor ends at offset {next}, below the log end {end}"
+        )));
     }
     Ok((index, cache))
 }
 
-fn encode_snapshot(index: u64, term: u64, next_offset: u64) -> Bytes {
+/// A snapshot payload: where the log restarts — the anchor the follower takes over.
+fn encode_snapshot(a: Anchor) -> Bytes {
     let mut b = BytesMut::with_capacity(SNAPSHOT_LEN);
     b.put_slice(SNAPSHOT_MAGIC);
     b.put_u8(SNAPSHOT_VERSION);
-    b.put_u64(index);
-    b.put_u64(term);
-    b.put_u64(next_offset);
+    b.put_u64(a.index);
+    b.put_u64(a.term);
+    b.put_u64(a.offset);
+    b.put_u8(u8::from(a.noop));
     b.freeze()
 }
 
-fn decode_snapshot(b: &[u8]) -> Result<(u64, u64, u64), StoreError> {
-    if b.len() != SNAPSHOT_LEN || &b[..4] != SNAPSHOT_MAGIC || b[4] != SNAPSHOT_VERSION {
+fn decode_snapshot(b: &[u8]) -> Result<Anchor, StoreError> {
+    let well_formed = b.len() >= SNAPSHOT_LEN_V1
+        && &b[..4] == SNAPSHOT_MAGIC
+        && match b[4] {
+            1 => b.len() == SNAPSHOT_LEN_V1,
+            2 => b.len() == SNAPSHOT_LEN && b[SNAPSHOT_LEN_V1] <= 1,
+            // Version 3 adds the transfer range ([`transfer::TransferPlan`]).
+            3 => b.len() == SNAPSHOT_LEN + 16 && b[SNAPSHOT_LEN_V1] <= 1,
+            _ => false,
+        };
+    if !well_formed {
         return Err(StoreError::Invalid("malformed snapshot payload".into()));
     }
     let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-    Ok((u(5), u(13), u(21)))
+    Ok(Anchor {
+        index: u(5),
+        term: u(13),
+        offset: u(21),
+        noop: b.get(SNAPSHOT_LEN_V1) == Some(&1),
+    })
 }
 
 /// An entry prepared for the log: the batch to append, its index entry and cached payload.
@@ -1442,6 +1714,11 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
         let max = i.cfg.log.max_batch_bytes;
         let mut next = i.next_offset();
         let mut prev_term = i.index.back().map_or(i.anchor.term, |e| e.term);
+        // The previous entry, if it is a zero-width no-op: its term and offset.
+        let mut prev_noop = match i.index.back() {
+            Some(e) => e.is_zero_width().then_some((e.term, e.base_offset)),
+            None => i.anchor.noop.then_some((i.anchor.term, i.anchor.offset)),
+        };
         let mut prepared = Vec::with_capacity(entries.len());
         for (expect, e) in (first.index..).zip(entries) {
             if e.index != expect {
@@ -1480,6 +1757,35 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
                     let payload = b.bytes().clone();
                     (b, payload)
                 }
+                EntryKind::LeaderNoop => {
+                    // A zero-width control batch: it occupies no offset (raft/README.md).
+                    if !e.payload.is_empty() {
+                        return Err(StoreError::Invalid(format!(
+                            "entry {}: a leader no-op with a payload",
+                            e.index
+                        )));
+                    }
+                    // Zero-width batches at one offset are told apart by their term
+                    // (`BatchAt`). A leader re-elected in the term of the no-op right before
+                    // (it lost its term record in a crash before that no-op's round was
+                    // durable, and won that term again) writes its no-op with one record: it
+                    // takes an offset — rare, and still a no-op when read back.
+                    let b = if prev_noop == Some((e.term, next)) {
+                        RecordBatch::validate(
+                            encode_control_record(e.kind, &e.payload, next, epoch),
+                            max,
+                        )
+                    } else {
+                        RecordBatch::validate_zero_width(
+                            encode_control(e.kind, &e.payload, next, epoch),
+                            max,
+                        )
+                    }
+                    .map_err(|err| {
+                        StoreError::Invalid(format!("entry {}: no-op batch: {err}", e.index))
+                    })?;
+                    (b, Bytes::new())
+                }
                 kind => {
                     let bytes = encode_control(kind, &e.payload, next, epoch);
                     let b = RecordBatch::validate(bytes, max).map_err(|err| {
@@ -1488,19 +1794,20 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
                     (b, e.payload.clone())
                 }
             };
-            let last = next + batch.offset_count() - 1;
+            let entry_next = next + batch.offset_count();
+            prev_noop = (entry_next == next).then_some((e.term, next));
             prepared.push(Prepared {
                 entry: IndexEntry {
                     term: e.term,
                     base_offset: next,
-                    last_offset: last,
+                    next_offset: entry_next,
                     len: batch.len() as u32,
                     kind: e.kind,
                 },
                 batch,
                 payload,
             });
-            next = last + 1;
+            next = entry_next;
         }
         let mut batches = Vec::with_capacity(prepared.len());
         for p in prepared {
@@ -1531,8 +1838,12 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
                 "truncate from {from} at or below the commit index {commit}"
             )));
         }
-        let offset = i.entry(from).map_or(0, |e| e.base_offset);
-        let floor = i.offset_after(commit.max(i.anchor.index)).unwrap_or(offset);
+        let Some(at) = i.entry(from).map(IndexEntry::at) else {
+            return Err(StoreError::Unavailable(from));
+        };
+        let floor = i
+            .offset_after(commit.max(i.anchor.index))
+            .unwrap_or(at.offset);
         let keep = (from - i.anchor.index - 1) as usize;
         i.index.truncate(keep);
         if from >= i.cache_floor {
@@ -1546,11 +1857,7 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
             i.cache_floor = from;
         }
         i.fetched.retain(|e| e.index < from);
-        i.push_op(Op::Truncate {
-            from,
-            offset,
-            floor,
-        });
+        i.push_op(Op::Truncate { from, at, floor });
         Ok(())
     }
 
@@ -1573,6 +1880,7 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
             index: through,
             term: i.term(through)?,
             offset: i.offset_after(through).unwrap_or(0),
+            noop: i.entry(through).is_some_and(IndexEntry::is_zero_width),
         };
         let n = (through - i.anchor.index) as usize;
         i.index.drain(..n);
@@ -1593,15 +1901,18 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
         let mut i = self.inner.borrow_mut();
         i.check_ok()?;
         let reset = !payload.is_empty();
-        let offset = if reset {
-            let (index, term, offset) = decode_snapshot(&payload)?;
-            if (index, term) != (meta.index, meta.term) {
+        let anchor = if reset {
+            let a = decode_snapshot(&payload)?;
+            if (a.index, a.term) != (meta.index, meta.term) {
                 return Err(StoreError::Invalid(format!(
-                    "snapshot payload for {index}@{term} in a snapshot of {}@{}",
-                    meta.index, meta.term
+                    "snapshot payload for {}@{} in a snapshot of {}@{}",
+                    a.index, a.term, meta.index, meta.term
                 )));
             }
-            offset
+            // The leader's anchor, no-op flag included: whether the entry at the snapshot
+            // index occupies no offset decides how a no-op of its term right after it is
+            // written (`append`), which must be the same on every replica.
+            a
         } else {
             // Bootstrap: the Raft log starts where the partition's log ends (any batches
             // already there, e.g. written before the partition ran Raft, stay below it).
@@ -1610,12 +1921,13 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
                     "a snapshot without payload installed over a non-empty log".into(),
                 ));
             }
-            i.next_offset()
-        };
-        let anchor = Anchor {
-            index: meta.index,
-            term: meta.term,
-            offset,
+            // The bootstrap snapshot is no batch of the log; the no-op of its term may follow.
+            Anchor {
+                index: meta.index,
+                term: meta.term,
+                offset: i.next_offset(),
+                noop: false,
+            }
         };
         i.index.clear();
         i.cache.clear();
@@ -1625,6 +1937,9 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
         i.anchor = anchor;
         i.membership = (meta.index, meta.membership.clone());
         i.known_commit = i.known_commit.max(meta.index);
+        if reset {
+            i.transfer_installing((meta.index, meta.term));
+        }
         i.push_op(Op::Install {
             anchor,
             membership: (meta.index, meta.membership.clone()),
@@ -1639,7 +1954,28 @@ impl<D: SegmentDir, M: MetaIo> LogStore for SegmentStore<D, M> {
         let offset = i
             .offset_after(index)
             .ok_or(StoreError::Unavailable(index))?;
-        Ok(encode_snapshot(index, term, offset))
+        let noop = if index == i.anchor.index {
+            i.anchor.noop
+        } else {
+            i.entry(index).is_some_and(IndexEntry::is_zero_width)
+        };
+        drop(i);
+        // Version 3: also the retained range a follower transfers ([`transfer`]).
+        self.transfer_payload(Anchor {
+            index,
+            term,
+            offset,
+            noop,
+        })
+    }
+
+    fn prepare_snapshot(
+        &mut self,
+        from: crate::types::NodeId,
+        meta: &SnapshotMeta,
+        payload: &Bytes,
+    ) -> crate::store::SnapshotPrep {
+        self.prepare_transfer(from, meta, payload)
     }
 
     fn membership_indexes(&self, after: u64) -> Result<Vec<u64>, StoreError> {

@@ -18,12 +18,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_lite::future::block_on;
 use spate_raft::mem::LogImage;
-use spate_raft::segment::SyncGate;
+use spate_raft::segment::{Anchor, SnapshotSource, SyncGate};
 use spate_raft::{
-    GroupId, HardState, LogEntry, LogStore, MemDisk, MemMeta, Prng, SegmentConfig, SegmentStore,
+    GroupId, HardState, LogEntry, LogStore, MemDisk, MemMeta, NodeId, Prng, SegmentConfig,
+    SegmentStore, StoreError,
 };
+use spate_storage::log::batch::check_first;
 use spate_storage::log::faulty::{CrashMode, FaultyDir};
-use spate_storage::log::LogConfig;
+use spate_storage::log::{BatchAt, LogConfig};
 
 /// A segment store of the simulator.
 pub type SimSeg = SegmentStore<FaultyDir, MemMeta>;
@@ -136,6 +138,262 @@ pub struct SegDisk {
     /// how late the executor gets to a pump, so several Readies' writes meet in one round.
     lag_pm: u64,
     rng: RefCell<Prng>,
+    /// Segment transfers: where this node's stores fetch from (see [`SimTransfers`]).
+    source: RefCell<Option<Rc<dyn SnapshotSource>>>,
+    net: RefCell<Option<Rc<SimTransfers>>>,
+    /// Transfer counters of the stores closed by crashes: (installed, failed).
+    closed_transfers: Cell<(u64, u64)>,
+    /// Per group: transfer installs already checked.
+    checked_installs: RefCell<BTreeMap<GroupId, u64>>,
+}
+
+/// The simulator's segment-transfer network: every node's stores, by (node, group), and the
+/// blocked node pairs; fetches fail when the nodes cannot talk (partitioned, crashed) or at
+/// random, and take a few pump polls. Records every batch served, by place: the global record
+/// the transfer invariants compare follower logs with.
+pub struct SimTransfers {
+    disks: RefCell<BTreeMap<NodeId, std::rc::Weak<SegDisk>>>,
+    pub blocked: RefCell<std::collections::BTreeSet<(NodeId, NodeId)>>,
+    rng: RefCell<Prng>,
+    /// Chance (per million) that a fetch fails.
+    fail_pm: u64,
+    /// (group, base offset, zero-width, epoch) -> batch bytes.
+    served: RefCell<BTreeMap<(GroupId, u64, bool, i32), Bytes>>,
+    pub violation: RefCell<Option<String>>,
+    pub fetches: Cell<u64>,
+}
+
+impl SimTransfers {
+    pub fn new(seed: u64) -> Rc<SimTransfers> {
+        let mut rng = Prng::new(seed ^ 0x7a45);
+        let fail_pm = [0, 20_000, 200_000][rng.below(3) as usize];
+        Rc::new(SimTransfers {
+            disks: RefCell::default(),
+            blocked: RefCell::default(),
+            rng: RefCell::new(rng),
+            fail_pm,
+            served: RefCell::default(),
+            violation: RefCell::default(),
+            fetches: Cell::new(0),
+        })
+    }
+
+    fn reachable(&self, a: NodeId, b: NodeId, g: GroupId) -> Option<SimSeg> {
+        let blocked = self.blocked.borrow();
+        if blocked.contains(&(a, b)) || blocked.contains(&(b, a)) {
+            return None;
+        }
+        self.disks.borrow().get(&b)?.upgrade()?.store(g)
+    }
+
+    fn record(&self, g: GroupId, bytes: &Bytes) {
+        let mut rest = bytes.clone();
+        while !rest.is_empty() {
+            let Ok(h) = check_first(&rest, 1 << 30) else {
+                return;
+            };
+            let b = rest.split_to(h.total_len());
+            let key = (
+                g,
+                h.base_offset as u64,
+                h.is_zero_width(),
+                if h.is_zero_width() {
+                    h.partition_leader_epoch
+                } else {
+                    0
+                },
+            );
+            let mut served = self.served.borrow_mut();
+            match served.get(&key) {
+                Some(old) if *old != b => {
+                    self.violation.borrow_mut().get_or_insert(format!(
+                        "group {g}: two different batches served at offset {}",
+                        h.base_offset
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    served.insert(key, b);
+                }
+            }
+        }
+    }
+
+    /// Checks `store`'s Kafka log from its start up to the place after `anchor`: whole,
+    /// contiguous batches ending exactly there; each batch byte-identical to the one served
+    /// at its place, if any was (`all_served`: every one must have been).
+    fn check_log(
+        &self,
+        g: GroupId,
+        store: &SimSeg,
+        anchor: Anchor,
+        all_served: bool,
+    ) -> Result<(), String> {
+        let min_epoch = i64::try_from(anchor.term).unwrap_or(i64::MAX) + i64::from(anchor.noop);
+        let end = BatchAt {
+            offset: anchor.offset,
+            min_epoch,
+        };
+        let Some(start) = store.with_log(|l| l.log_start_offset()) else {
+            return Ok(());
+        };
+        let mut at = BatchAt::offset(start);
+        let mut next: Option<u64> = None;
+        loop {
+            let Some(plan) = store.with_log(|l| l.plan_read_at(at, 1 << 16)) else {
+                return Ok(());
+            };
+            let run =
+                block_on(plan.map_err(|e| e.to_string())?.run()).map_err(|e| e.to_string())?;
+            if run.bytes.is_empty() {
+                break;
+            }
+            at = run.next;
+            let mut rest = run.bytes;
+            let mut past = false;
+            while !rest.is_empty() {
+                let h = check_first(&rest, 1 << 30).map_err(|e| e.to_string())?;
+                let b = rest.split_to(h.total_len());
+                if !end.skips(&h) {
+                    past = true;
+                    break;
+                }
+                if let Some(n) = next {
+                    if h.base_offset as u64 != n {
+                        return Err(format!(
+                            "batch at offset {} where the log continues at {n}",
+                            h.base_offset
+                        ));
+                    }
+                }
+                next = Some(h.next_offset() as u64);
+                let key = (
+                    g,
+                    h.base_offset as u64,
+                    h.is_zero_width(),
+                    if h.is_zero_width() {
+                        h.partition_leader_epoch
+                    } else {
+                        0
+                    },
+                );
+                match self.served.borrow().get(&key) {
+                    Some(s) if *s != b => {
+                        return Err(format!(
+                            "batch at offset {} (epoch {}) differs from the one transferred",
+                            h.base_offset, h.partition_leader_epoch
+                        ))
+                    }
+                    None if all_served => {
+                        return Err(format!(
+                            "batch at offset {} (epoch {}) was never transferred",
+                            h.base_offset, h.partition_leader_epoch
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            if past {
+                break;
+            }
+        }
+        let reached = next.unwrap_or(start);
+        if reached != anchor.offset {
+            return Err(format!(
+                "the log below the anchor ends at offset {reached}, not at {}",
+                anchor.offset
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One node's view of [`SimTransfers`].
+struct SimSource {
+    me: NodeId,
+    net: Rc<SimTransfers>,
+}
+
+impl SnapshotSource for SimSource {
+    fn fetch(
+        &self,
+        from: NodeId,
+        group: GroupId,
+        at: BatchAt,
+        end: BatchAt,
+        max_bytes: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<Bytes, StoreError>>>> {
+        let net = Rc::clone(&self.net);
+        let me = self.me;
+        let (mut polls, fail) = {
+            let mut rng = net.rng.borrow_mut();
+            (rng.below(4), rng.chance(net.fail_pm))
+        };
+        net.fetches.set(net.fetches.get() + 1);
+        Box::pin(async move {
+            // A few pump polls of latency; the nodes must still reach each other at the end.
+            std::future::poll_fn(|_| {
+                if polls == 0 {
+                    Poll::Ready(())
+                } else {
+                    polls -= 1;
+                    Poll::Pending
+                }
+            })
+            .await;
+            if fail {
+                return Err(StoreError::Io("simulated transfer failure".into()));
+            }
+            let store = net
+                .reachable(me, from, group)
+                .ok_or_else(|| StoreError::Io(format!("node {from} unreachable")))?;
+            let bytes = store.serve_transfer(at, end, max_bytes).await?;
+            net.record(group, &bytes);
+            Ok(bytes)
+        })
+    }
+}
+
+impl SegDisk {
+    /// Connects this node's stores to the transfer network (from their next open).
+    pub fn attach(self: &Rc<Self>, me: NodeId, net: &Rc<SimTransfers>) {
+        net.disks.borrow_mut().insert(me, Rc::downgrade(self));
+        *self.net.borrow_mut() = Some(Rc::clone(net));
+        *self.source.borrow_mut() = Some(Rc::new(SimSource {
+            me,
+            net: Rc::clone(net),
+        }));
+    }
+
+    /// Transfer counters: (installed, failed), over every store this node opened.
+    pub fn transfer_counts(&self) -> (u64, u64) {
+        let (mut i, mut f) = self.closed_transfers.get();
+        for s in self.stores.borrow().values() {
+            let st = s.transfer_stats();
+            i += st.installed;
+            f += st.failed;
+        }
+        (i, f)
+    }
+
+    /// The transfer invariants for the stores that installed a snapshot from transferred
+    /// data since the last call: their log below the anchor is exactly what was served.
+    pub fn check_transfers(&self, net: &SimTransfers) -> Result<(), String> {
+        for (g, s) in self.stores.borrow().iter() {
+            let n = s.transfer_stats().installed;
+            if self.checked_installs.borrow().get(g).copied().unwrap_or(0) >= n {
+                continue;
+            }
+            self.checked_installs.borrow_mut().insert(*g, n);
+            if let Some((anchor, _)) = s.last_transfer_installed() {
+                if s.anchor().index == anchor.index {
+                    net.check_log(*g, s, anchor, true)
+                        .map_err(|e| format!("group {g} after a transfer: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SegDisk {
@@ -154,6 +412,10 @@ impl SegDisk {
             checkpoint_bytes,
             lag_pm,
             rng: RefCell::new(Prng::new(seed ^ 0x1a6)),
+            source: RefCell::default(),
+            net: RefCell::default(),
+            closed_transfers: Cell::new((0, 0)),
+            checked_installs: RefCell::default(),
         }
     }
 
@@ -171,8 +433,15 @@ impl SegDisk {
             scan_bytes: 4096,
             on_progress: Some(Rc::new(move |_| progress.set(true))),
             sync_gate: Some(Rc::new(self.gate.clone())),
+            // No timer: a full disk or a truncation refused during a compaction fails the
+            // store (neither happens in the simulator).
+            sleep: None,
+            on_fsync: None,
             // Both compaction modes, by seed parity (no draw: seeds replay as before).
             compaction_keeps_data: self.seed % 2 == 1,
+            snapshot_source: self.source.borrow().clone(),
+            // Small chunks: a transfer takes several fetches.
+            transfer_chunk_bytes: 1024,
         }
     }
 
@@ -194,6 +463,13 @@ impl SegDisk {
         ));
         self.meta.set_hold(true);
         let store = opened.map_err(|e| e.to_string())?;
+        // After a crash at any point of a transfer: the old log or the complete new one —
+        // whatever lies below the anchor is whole, contiguous and, where it was transferred,
+        // byte-identical to what was served.
+        if let Some(net) = self.net.borrow().clone() {
+            net.check_log(g, &store, store.anchor(), false)
+                .map_err(|e| format!("after reopening: {e}"))?;
+        }
         self.stores.borrow_mut().insert(g, store.clone());
         self.pumps.borrow_mut().insert(g, Box::pin(store.pump()));
         self.seen_generation.borrow_mut().remove(&g);
@@ -218,6 +494,9 @@ impl SegDisk {
     }
 
     fn crash(&self, rng: &mut Prng, torn: bool) {
+        let (i, f) = self.transfer_counts();
+        self.closed_transfers.set((i, f));
+        self.checked_installs.borrow_mut().clear();
         self.pumps.borrow_mut().clear();
         self.stores.borrow_mut().clear();
         let mode = if torn {
@@ -398,6 +677,29 @@ impl SimDisk {
         match self {
             SimDisk::Mem(d) => d.complete_sync(key, ticket),
             SimDisk::Seg(d) => d.complete_sync(key, ticket),
+        }
+    }
+
+    /// Connects a segment node to the transfer network.
+    pub fn attach(&self, me: NodeId, net: &Rc<SimTransfers>) {
+        if let SimDisk::Seg(d) = self {
+            d.attach(me, net);
+        }
+    }
+
+    /// Segment transfers (installed, failed) over every store this node opened.
+    pub fn transfer_counts(&self) -> (u64, u64) {
+        match self {
+            SimDisk::Mem(_) => (0, 0),
+            SimDisk::Seg(d) => d.transfer_counts(),
+        }
+    }
+
+    /// See [`SegDisk::check_transfers`].
+    pub fn check_transfers(&self, net: &SimTransfers) -> Result<(), String> {
+        match self {
+            SimDisk::Mem(_) => Ok(()),
+            SimDisk::Seg(d) => d.check_transfers(net),
         }
     }
 

@@ -91,6 +91,8 @@ fn run_part(part: u64, parts: u64, segment: bool) {
         totals.quiesced += out.quiesced;
         totals.malformed_dropped += out.malformed_dropped;
         totals.loads += out.loads;
+        totals.segment_transfers += out.segment_transfers;
+        totals.segment_transfer_failures += out.segment_transfer_failures;
         totals.recovery_ms = totals.recovery_ms.max(out.recovery_ms);
         if let Some(v) = out.violation {
             failures.push(format!(
@@ -102,7 +104,8 @@ fn run_part(part: u64, parts: u64, segment: bool) {
     println!(
         "{}part {part}/{parts}: {ran} seeds in {:.1?}: {} steps, {} committed entries, {} crashes, \
          {} partitions, {} snapshots installed, {} membership changes, {} transfers, {} \
-         quiesce events, {} malformed envelopes/messages dropped, {} loads from segment files; \
+         quiesce events, {} malformed envelopes/messages dropped, {} loads from segment files, \
+         {} snapshots installed by segment transfer ({} transfers failed); \
          slowest recovery after healing {} ms (bound {} ms)",
         if segment { "segment log: " } else { "" },
         begun.elapsed(),
@@ -116,8 +119,16 @@ fn run_part(part: u64, parts: u64, segment: bool) {
         totals.quiesced,
         totals.malformed_dropped,
         totals.loads,
+        totals.segment_transfers,
+        totals.segment_transfer_failures,
         totals.recovery_ms,
         Params::from_seed(0).liveness_ms
+    );
+    // The segment seeds must exercise segment transfer (snapshots installed from the leader's
+    // segments), not only pass without it.
+    assert!(
+        !segment || ran < 50 || totals.segment_transfers > 0,
+        "{ran} segment seeds installed no snapshot by segment transfer"
     );
     assert!(
         failures.is_empty(),

@@ -13,7 +13,7 @@ use spate_raft::{
 };
 
 use crate::checker::Checker;
-use crate::disk::{proposal_key, SimDisk};
+use crate::disk::{proposal_key, SimDisk, SimTransfers};
 
 /// The in-memory store and the segment-log adapter run behind one driver type.
 pub type SimDriver = Driver<Box<dyn LogStore>, MemTransport, ManualClock>;
@@ -192,6 +192,10 @@ pub struct Outcome {
     /// Segment mode: asynchronous loads of evicted entries (followers served from the
     /// segment files), counted over the stores open at the end.
     pub loads: u64,
+    /// Segment mode: snapshots installed from transferred segment data, and transfers that
+    /// failed (source unreachable, simulated failure, interrupted).
+    pub segment_transfers: u64,
+    pub segment_transfer_failures: u64,
     /// Time from healing to every group having committed a new entry.
     pub recovery_ms: u64,
 }
@@ -210,6 +214,8 @@ pub struct World {
     queue: BTreeMap<(u64, u64), Ev>,
     nodes: Vec<Node>,
     net: MemNetwork,
+    /// Segment mode: the segment-transfer network.
+    xfer: Option<std::rc::Rc<SimTransfers>>,
     /// Directed pairs whose envelopes are dropped.
     blocked: BTreeSet<(NodeId, NodeId)>,
     /// Completion time of the last scheduled sync per (node, group): syncs finish in order.
@@ -247,8 +253,15 @@ impl World {
                 incarnation: 0,
                 ppm: p.clock_ppm[(id - 1) as usize],
             })
-            .collect();
+            .collect::<Vec<Node>>();
+        let xfer = p.segment.then(|| SimTransfers::new(p.seed));
+        if let Some(x) = &xfer {
+            for n in &nodes {
+                n.disk.attach(n.id, x);
+            }
+        }
         World {
+            xfer,
             p,
             rng,
             now: 0,
@@ -320,6 +333,9 @@ impl World {
         self.out.committed = self.checker.committed_count;
         for n in &self.nodes {
             self.out.loads += n.disk.loads();
+            let (installed, failed) = n.disk.transfer_counts();
+            self.out.segment_transfers += installed;
+            self.out.segment_transfer_failures += failed;
             if let Some(d) = &n.driver {
                 self.out.quiesced += d.metrics().quiesced;
                 self.out.malformed_dropped +=
@@ -377,6 +393,11 @@ impl World {
     }
 
     fn handle(&mut self, ev: Ev) {
+        if let Some(x) = &self.xfer {
+            if *x.blocked.borrow() != self.blocked {
+                *x.blocked.borrow_mut() = self.blocked.clone();
+            }
+        }
         match ev {
             Ev::Tick(id) => {
                 if !self.up(id) {
@@ -548,6 +569,16 @@ impl World {
                     .violation
                     .get_or_insert(format!("node {id}: store pumps never settle"));
                 break;
+            }
+        }
+        if let Some(x) = &self.xfer {
+            if let Err(e) = self.nodes[idx].disk.check_transfers(x) {
+                self.checker
+                    .violation
+                    .get_or_insert(format!("node {id}: {e}"));
+            }
+            if let Some(v) = x.violation.borrow().clone() {
+                self.checker.violation.get_or_insert(v);
             }
         }
         let Some(d) = self.nodes[idx].driver.as_mut() else {
