@@ -554,18 +554,21 @@ pub async fn maybe_compact(
         return;
     }
     let horizon_due = memo.horizons.get(&p.key).is_some_and(|h| now_ms >= *h);
-    let decision = {
-        let log = p.log.borrow();
+    // Only segments the Raft log no longer holds are rewritten.
+    let floor = p.settle_raft_log().await;
+    let decision = p.with_log(|log| {
         if log.compaction_in_flight() {
-            return;
+            return None;
         }
-        decide(
-            &log.cleanable_segments(),
-            log.clean_offset(),
-            rules,
-            now_ms,
-            horizon_due,
-        )
+        let segments: Vec<_> = log
+            .cleanable_segments()
+            .into_iter()
+            .take_while(|s| s.next_offset <= floor)
+            .collect();
+        decide(&segments, log.clean_offset(), rules, now_ms, horizon_due)
+    });
+    let Ok(decision) = decision else {
+        return;
     };
     let Some(d) = decision else {
         return;
@@ -619,6 +622,33 @@ pub struct CleanerReport {
 }
 
 impl Partition {
+    /// Hands a swap's outcome back to the log, waiting while the Raft store holds the log
+    /// for an exclusive operation: a swap that never finishes would leave the log refusing
+    /// every suffix truncation until it is reopened.
+    async fn finish_swap(
+        &self,
+        done: Result<
+            spate_storage::log::compact::SwapDone<spate_storage::log::file::DmaSegmentFile>,
+            spate_storage::log::LogError,
+        >,
+    ) -> Result<CompactionStats, spate_storage::log::LogError> {
+        let mut done = Some(done);
+        loop {
+            let r = self
+                .store
+                .with_log_mut(|l| done.take().map(|d| l.finish_swap(d)));
+            match r {
+                Some(Some(r)) => return r,
+                _ if done.is_none() => {
+                    return Err(spate_storage::log::LogError::Failed(
+                        "compaction swap result lost".into(),
+                    ))
+                }
+                _ => glommio::timer::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+
     /// Runs one compaction of this partition's closed segments per `d`. `None`: nothing was
     /// rewritten (the job found nothing, or was abandoned because the log changed).
     pub(crate) async fn compact(
@@ -640,11 +670,12 @@ impl Partition {
             &stop,
         )
         .with_io_limit(shard.config.log_cleaner_io_max_bytes_per_second);
-        let group_bytes = self.log.borrow().config().segment_bytes;
         let job = self
-            .log
-            .borrow_mut()
-            .plan_compaction(d.dirty_from, d.end, group_bytes)
+            .with_log_mut(|l| {
+                let group_bytes = l.config().segment_bytes;
+                l.plan_compaction(d.dirty_from, d.end, group_bytes)
+            })
+            .and_then(|r| r)
             .map_err(|e| e.to_string())?;
         let Some(job) = job else {
             return Ok(None);
@@ -653,7 +684,10 @@ impl Partition {
         let deadline = Instant::now() + FINISH_WAIT;
         let swap = loop {
             // Bound first: the log must not stay borrowed across an await.
-            let finished = self.log.borrow_mut().finish_compaction(written);
+            let finished = match self.store.with_log_mut(|l| l.finish_compaction(written)) {
+                Some(f) => f,
+                None => return Err("the partition log is busy".into()),
+            };
             match finished {
                 CompactionFinish::Nothing(_) => return Ok(None),
                 CompactionFinish::Swap(swap) => break swap,
@@ -663,7 +697,7 @@ impl Partition {
                 }
                 CompactionFinish::Busy(w) => {
                     let done = w.abandon().run().await;
-                    let _ = self.log.borrow_mut().finish_swap(done);
+                    let _ = self.finish_swap(done).await;
                     return Err("gave up: the log kept a segment checkpoint write in flight".into());
                 }
             }
@@ -671,9 +705,8 @@ impl Partition {
         let abandoned = swap.is_abandoned();
         let done = swap.run().await;
         let stats = self
-            .log
-            .borrow_mut()
             .finish_swap(done)
+            .await
             .map_err(|e| format!("swapping the compacted segments (the log is failed): {e}"))?;
         if abandoned {
             return Ok(None);

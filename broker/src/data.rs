@@ -171,8 +171,6 @@ pub async fn wait_local(shard: &Shard, items: Vec<(PartitionKey, i64)>, max_wait
 pub const MAX_TIMESTAMP: i64 = -3;
 pub const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
 pub const LATEST_TIERED_TIMESTAMP: i64 = -5;
-/// Internal: the log end offset (OffsetForLeaderEpoch), never sent by clients.
-pub const LOG_END_OFFSET: i64 = i64::MIN;
 
 /// `(error, offset, timestamp)` per item: -2 earliest, -1 latest, the special values above,
 /// else the first record at or after the timestamp (offset -1 when none is).
@@ -189,7 +187,6 @@ pub async fn list_offsets_local(
         out.push(match ts {
             -2 | EARLIEST_LOCAL_TIMESTAMP => (ResponseError::Unknown(0), p.log_start_offset(), -1),
             -1 => (ResponseError::Unknown(0), p.high_watermark(), -1),
-            LOG_END_OFFSET => (ResponseError::Unknown(0), p.log_end_offset(), -1),
             LATEST_TIERED_TIMESTAMP => (ResponseError::Unknown(0), -1, -1),
             MAX_TIMESTAMP => match p.max_timestamp_offset().await {
                 Ok(Some((offset, t))) => (ResponseError::Unknown(0), offset, t),
@@ -211,6 +208,31 @@ pub async fn list_offsets_local(
         });
     }
     out
+}
+
+/// OffsetForLeaderEpoch on the owning shard: `(error, epoch, end offset)` per
+/// `(partition, current leader epoch, requested epoch)`, from the partition's leader epoch
+/// cache (see `Partition::epoch_end`).
+pub fn epoch_ends_local(
+    shard: &Shard,
+    items: Vec<(PartitionKey, i32, i32)>,
+) -> Vec<(ResponseError, i32, i64)> {
+    items
+        .into_iter()
+        .map(|(k, current, requested)| {
+            let Some(p) = shard.partitions.get(&k) else {
+                return (ResponseError::NotLeaderOrFollower, -1, -1);
+            };
+            let Some(ours) = p.leader_epoch() else {
+                return (ResponseError::NotLeaderOrFollower, -1, -1);
+            };
+            if let Some(e) = crate::consensus::epoch_check(current, Some(ours)) {
+                return (e, -1, -1);
+            }
+            let (epoch, end) = p.epoch_end(requested);
+            (ResponseError::Unknown(0), epoch, end)
+        })
+        .collect()
 }
 
 /// Where partition `index` of `topic` lives: its key and owning shard (`None` for an

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod compaction;
 pub mod config;
+pub mod consensus;
 pub mod data;
 pub mod groups;
 pub mod kafka;

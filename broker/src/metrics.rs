@@ -41,6 +41,11 @@ struct Families {
     cache_misses: IntCounterVec,
     cache_resident: IntGaugeVec,
     disk_full: IntGaugeVec,
+    raft_groups: IntGaugeVec,
+    raft_groups_ticking: IntGaugeVec,
+    raft_leaders: IntGaugeVec,
+    raft_failed: IntGaugeVec,
+    raft_group_ticks: IntCounterVec,
 }
 
 fn families() -> &'static Families {
@@ -208,6 +213,37 @@ fn families() -> &'static Families {
                 &["shard"]
             )
             .expect("metric registers once"),
+            raft_groups: register_int_gauge_vec!(
+                "spate_raft_groups",
+                "Raft groups (one per partition) this shard runs",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            raft_groups_ticking: register_int_gauge_vec!(
+                "spate_raft_groups_ticking",
+                "Raft groups that are ticked (not quiesced: busy or recently busy)",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            raft_leaders: register_int_gauge_vec!(
+                "spate_raft_leaders",
+                "Raft groups this shard's replica leads (partitions it serves)",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            raft_failed: register_int_gauge_vec!(
+                "spate_raft_groups_failed",
+                "Raft groups stopped after a store (I/O) failure: their partitions refuse \
+                 produce until the broker restarts",
+                &["shard"]
+            )
+            .expect("metric registers once"),
+            raft_group_ticks: register_int_counter_vec!(
+                "spate_raft_group_ticks_total",
+                "Raft ticks applied to groups (idle groups are not ticked)",
+                &["shard"]
+            )
+            .expect("metric registers once"),
         }
     })
 }
@@ -237,6 +273,11 @@ pub struct ShardMetrics {
     pub cache_misses: IntCounter,
     pub cache_resident: IntGauge,
     pub disk_full: IntGauge,
+    pub raft_groups: IntGauge,
+    pub raft_groups_ticking: IntGauge,
+    pub raft_leaders: IntGauge,
+    pub raft_failed: IntGauge,
+    pub raft_group_ticks: IntCounter,
 }
 
 /// One partition's series (labels `topic`, `partition`); removed when the partition goes.
@@ -313,6 +354,11 @@ impl ShardMetrics {
             cache_misses: f.cache_misses.with_label_values(&[&s]),
             cache_resident: f.cache_resident.with_label_values(&[&s]),
             disk_full: f.disk_full.with_label_values(&[&s]),
+            raft_groups: f.raft_groups.with_label_values(&[&s]),
+            raft_groups_ticking: f.raft_groups_ticking.with_label_values(&[&s]),
+            raft_leaders: f.raft_leaders.with_label_values(&[&s]),
+            raft_failed: f.raft_failed.with_label_values(&[&s]),
+            raft_group_ticks: f.raft_group_ticks.with_label_values(&[&s]),
         }
     }
 

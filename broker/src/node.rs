@@ -106,6 +106,8 @@ struct ShardBoot {
     opened: Arc<AtomicUsize>,
     drained: Arc<AtomicUsize>,
     view: Arc<crate::view::NodeView>,
+    /// Partition leader epochs, shared by the shards (see `crate::consensus`).
+    epochs: Arc<crate::consensus::LeaderEpochs>,
 }
 
 /// Whether `dir` is on tmpfs (no O_DIRECT: glommio falls back to buffered I/O there).
@@ -200,6 +202,7 @@ pub fn run(mut config: Config) -> Result<()> {
         opened,
         drained: Arc::new(AtomicUsize::new(0)),
         view,
+        epochs: crate::consensus::LeaderEpochs::new(),
         config: config.clone(),
     };
     let results = crate::rt::pool(&config)?
@@ -241,6 +244,7 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
         mesh,
         boot.store,
         boot.sentinel.clone(),
+        boot.epochs.clone(),
     ));
     mesh::start(shard.clone(), io);
     // Open (and recover) the partitions this shard owns before taking clients.
@@ -350,6 +354,7 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     shard.partitions.close_all().await;
+    shard.partitions.consensus.stop();
     info!(shard = id, "shard stopped");
     Ok(())
 }

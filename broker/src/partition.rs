@@ -1,10 +1,13 @@
-//! The partitions a shard owns: their logs, flushing, and the reads and waits of the data
-//! path.
+//! The partitions a shard owns: their logs, and the reads and waits of the data path.
 //!
 //! Lives on every shard; a partition lives on exactly one shard (its owner in the metadata
-//! image) and is only touched there. Until Raft arrives (a group of one per partition), the
-//! high watermark is the durable end of the local log: acks=1 and acks=all both answer once
-//! the batch is fdatasynced.
+//! image) and is only touched there. Every partition runs through its Raft group
+//! (`crate::consensus`): its segment log is the group's Raft log, owned by the group's
+//! store ([`crate::consensus::Store`]), whose pump task writes and fdatasyncs it. A produced
+//! batch is proposed to the group and answered once the group delivers it as committed; the
+//! high watermark is the offset after the last committed entry. On a single node a group
+//! has one voter, so committed means durable here: acks=1 and acks=all both answer once the
+//! batch is fdatasynced.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,10 +21,11 @@ use kafka_protocol::ResponseError;
 use spate_storage::log::batch::{whole_batches_prefix, BatchHeader, RecordBatch};
 use spate_storage::log::cache::BatchCache;
 use spate_storage::log::file::DmaDir;
-use spate_storage::log::{DurableWaiter, LogConfig, LogError, PartitionLog};
+use spate_storage::log::{LogConfig, LogError, PartitionLog};
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::consensus::{Consensus, Store, RAFT_COMPACT_EVERY_BYTES};
 use crate::metadata::MetadataImage;
 use crate::producer_state::{last_seq, BatchSeq, ProducerStates, SeqCheck, SNAPSHOT_FILE};
 
@@ -37,8 +41,9 @@ pub const PRODUCER_SNAPSHOT_EVERY_BYTES: usize = 64 << 20;
 /// How many partitions a shard opens (or closes) at once: their I/O overlaps in io_uring.
 const OPEN_CONCURRENCY: usize = 64;
 
-/// Term used until partitions run through Raft (the leader epoch stamped into batches).
-pub const SINGLE_NODE_TERM: u64 = 0;
+/// Kafka's leader-epoch checkpoint of a partition (`epoch start_offset` lines, Kafka's
+/// `leader-epoch-checkpoint` format).
+pub const EPOCH_FILE: &str = "leader-epoch-checkpoint";
 
 pub struct Partition {
     pub key: PartitionKey,
@@ -48,16 +53,26 @@ pub struct Partition {
     /// Serializes log start checkpoint writes.
     start_lock: glommio::sync::Semaphore,
     pub metrics: crate::metrics::PartitionMetrics,
-    pub(crate) log: RefCell<PartitionLog<DmaDir>>,
+    /// The partition's Raft group (its metadata-store region).
+    pub group: spate_raft::GroupId,
+    /// The group's store: it owns the segment log.
+    pub(crate) store: Store,
+    consensus: Rc<Consensus>,
+    /// Offset after the last committed entry.
+    hw: Cell<i64>,
+    /// The term this replica leads in (0: not leading).
+    leader_term: Cell<u64>,
+    /// The group stopped after a store failure (an I/O error): appends are refused.
+    failed: Cell<bool>,
+    /// Batch bytes committed since the Raft log was last compacted.
+    uncompacted_bytes: Cell<u64>,
+    /// Leader epochs and the offset each starts at (Kafka's leader epoch cache), ascending.
+    epochs: RefCell<Vec<(i32, i64)>>,
     dir: DmaDir,
-    flushing: Cell<bool>,
-    /// A disk-full flush retry is going on (logged once).
-    disk_full_logged: Cell<bool>,
     /// The log has a batch cache, so reading ahead pays off.
     cached: bool,
     /// The region read ahead last, `[from, until)` (`until` is `u64::MAX` while it runs).
     readahead: Cell<(u64, u64)>,
-    fsync_seconds: prometheus::Histogram,
     pub(crate) producers: RefCell<ProducerStates>,
     /// The offset of the last producer-state snapshot written (or loaded).
     snapshot_offset: Cell<u64>,
@@ -70,23 +85,189 @@ pub struct Partition {
     deleted: Cell<bool>,
 }
 
+/// Resolves once a produced batch is committed (the high watermark passed it).
+pub struct CommitWaiter {
+    p: Rc<Partition>,
+    /// The offset after the batch.
+    end: i64,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("the partition's Raft group failed before the batch committed")]
+    GroupFailed,
+    #[error("the partition was deleted before the batch committed")]
+    Deleted,
+}
+
+impl std::future::IntoFuture for CommitWaiter {
+    type Output = Result<(), CommitError>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let p = &self.p;
+            p.hw_waiters
+                .wait_until(|| p.hw.get() >= self.end || p.failed.get() || p.deleted.get())
+                .await;
+            if p.hw.get() >= self.end {
+                Ok(())
+            } else if p.deleted.get() {
+                Err(CommitError::Deleted)
+            } else {
+                Err(CommitError::GroupFailed)
+            }
+        })
+    }
+}
+
+fn busy() -> LogError {
+    LogError::Failed("the partition log is busy (a Raft log reset is running)".into())
+}
+
 impl Partition {
+    /// Runs `f` on the segment log (`Err` only while the Raft store runs an exclusive
+    /// operation on it, which a group of one never does).
+    pub(crate) fn with_log<R>(
+        &self,
+        f: impl FnOnce(&PartitionLog<DmaDir>) -> R,
+    ) -> Result<R, LogError> {
+        self.store.with_log(f).ok_or_else(busy)
+    }
+
+    /// Runs `f` on the segment log, mutably: the storage policies below the Raft log.
+    pub(crate) fn with_log_mut<R>(
+        &self,
+        f: impl FnOnce(&mut PartitionLog<DmaDir>) -> R,
+    ) -> Result<R, LogError> {
+        self.store.with_log_mut(f).ok_or_else(busy)
+    }
+
     pub fn log_start_offset(&self) -> i64 {
-        self.log.borrow().log_start_offset() as i64
+        self.with_log(|l| l.log_start_offset() as i64).unwrap_or(-1)
     }
 
     /// Whether appends are refused because the disk is full (a flush retry is pending).
     pub fn disk_full(&self) -> bool {
-        self.log.borrow().disk_full().is_some()
+        self.with_log(|l| l.disk_full().is_some()).unwrap_or(false)
     }
 
+    /// The offset after the last entry (committed or not).
     pub fn log_end_offset(&self) -> i64 {
-        self.log.borrow().log_end_offset() as i64
+        self.store.next_offset() as i64
     }
 
-    /// The offset up to which records are visible (durable, and — with Raft — committed).
+    /// The offset up to which records are visible: the end of the last committed entry.
     pub fn high_watermark(&self) -> i64 {
-        self.log.borrow().committed_offset() as i64
+        self.hw.get()
+    }
+
+    /// The leader epoch (Raft term) while this replica leads.
+    pub fn leader_epoch(&self) -> Option<i32> {
+        let t = self.leader_term.get();
+        (t > 0).then(|| i32::try_from(t).unwrap_or(i32::MAX))
+    }
+
+    /// The group delivered `entries` as committed: moves the high watermark and wakes
+    /// producers and fetchers. Returns an index to compact the Raft log through when enough
+    /// was committed since the last compaction.
+    pub(crate) fn on_committed(&self, entries: &[spate_raft::LogEntry]) -> Option<u64> {
+        let last = entries.last()?;
+        if let Some(end) = self.store.offset_after(last.index) {
+            if end as i64 > self.hw.get() {
+                self.hw.set(end as i64);
+                self.hw_waiters.wake_all();
+            }
+        }
+        let mut bytes = self.uncompacted_bytes.get();
+        for e in entries {
+            bytes += e.payload.len() as u64;
+            if e.kind == spate_raft::EntryKind::LeaderNoop {
+                self.new_epoch(e.term, e.index);
+            }
+        }
+        if bytes >= RAFT_COMPACT_EVERY_BYTES {
+            self.uncompacted_bytes.set(0);
+            Some(last.index)
+        } else {
+            self.uncompacted_bytes.set(bytes);
+            None
+        }
+    }
+
+    /// A leader's no-op of `term` committed at `index`: the epoch starts at its offset.
+    fn new_epoch(&self, term: u64, index: u64) {
+        let Ok(epoch) = i32::try_from(term) else {
+            return;
+        };
+        let Some((start, _)) = self.store.offsets(index) else {
+            return;
+        };
+        {
+            let mut epochs = self.epochs.borrow_mut();
+            if epochs.last().is_some_and(|&(e, _)| e >= epoch) {
+                return;
+            }
+            epochs.push((epoch, start as i64));
+        }
+        self.persist_epochs();
+    }
+
+    /// Writes the epoch cache (temporary file, renamed), off the reactor. A lost write is
+    /// repaired at the next open from the batches' leader epochs.
+    fn persist_epochs(&self) {
+        let text = encode_epochs(&self.epochs.borrow());
+        let dir = self.path.clone();
+        let (topic, partition) = (self.topic.clone(), self.key.1);
+        glommio::spawn_local(async move {
+            let written = glommio::executor()
+                .spawn_blocking(move || {
+                    let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
+                    std::fs::write(&tmp, text)?;
+                    std::fs::rename(&tmp, dir.join(EPOCH_FILE))
+                })
+                .await;
+            if let Err(e) = written {
+                warn!(%topic, partition, error = %e, "writing the leader epoch checkpoint");
+            }
+        })
+        .detach();
+    }
+
+    /// OffsetForLeaderEpoch: `(epoch, end offset)` as Kafka's leader epoch cache answers
+    /// (`LeaderEpochFileCache.endOffsetFor`): the latest epoch ends at the log end; an
+    /// earlier one at the start of the first epoch after it, reported as the largest known
+    /// epoch at or below it (itself when it is older than every known epoch); an epoch newer
+    /// than the latest, or none, is `(-1, -1)`.
+    pub fn epoch_end(&self, requested: i32) -> (i32, i64) {
+        epoch_end_in(&self.epochs.borrow(), requested, self.log_end_offset())
+    }
+
+    /// Whether the partition's Raft group stopped after a store failure.
+    pub fn failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    pub(crate) fn on_role(&self, leader_term: Option<u64>) {
+        self.leader_term.set(leader_term.unwrap_or(0));
+        self.hw_waiters.wake_all();
+    }
+
+    pub(crate) fn on_failed(&self) {
+        self.failed.set(true);
+        self.leader_term.set(0);
+        self.hw_waiters.wake_all();
+    }
+
+    /// Resolves once this replica leads and has committed everything its log held when it
+    /// opened (its no-op committed), or failed.
+    async fn wait_ready(&self, end: i64) {
+        self.hw_waiters
+            .wait_until(|| {
+                self.failed.get() || (self.leader_term.get() > 0 && self.hw.get() >= end)
+            })
+            .await
     }
 
     /// Appends a validated batch — or, for an idempotent producer's retry, finds the original
@@ -94,7 +275,19 @@ impl Partition {
     pub fn append(
         self: &Rc<Self>,
         batch: &RecordBatch,
-    ) -> Result<(i64, DurableWaiter), (ResponseError, String)> {
+    ) -> Result<(i64, CommitWaiter), (ResponseError, String)> {
+        if self.failed.get() {
+            return Err((
+                ResponseError::KafkaStorageError,
+                "the partition's Raft group failed (see the broker log); restart the broker".into(),
+            ));
+        }
+        if self.leader_term.get() == 0 {
+            return Err((
+                ResponseError::NotLeaderOrFollower,
+                "no leader elected yet".into(),
+            ));
+        }
         let h = *batch.header();
         let idempotent = h.producer_id >= 0;
         let (first, last) = (
@@ -112,18 +305,50 @@ impl Partition {
                     base_offset,
                     last_offset,
                 } => {
-                    let waiter = self.log.borrow_mut().wait_durable(last_offset as u64 + 1);
+                    let waiter = CommitWaiter {
+                        p: self.clone(),
+                        end: last_offset + 1,
+                    };
                     return Ok((base_offset, waiter));
                 }
                 SeqCheck::Reject(e, why) => return Err((e, why)),
             }
         }
-        let mut log = self.log.borrow_mut();
-        let appended = log
-            .append(batch, SINGLE_NODE_TERM)
-            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
-        let waiter = log.wait_durable(appended.last_offset + 1);
-        drop(log);
+        if let Some(e) = self
+            .with_log(|l| l.disk_full().map(|e| e.to_string()))
+            .ok()
+            .flatten()
+        {
+            return Err((ResponseError::KafkaStorageError, e));
+        }
+        let proposal = self
+            .consensus
+            .propose(self.group, batch.bytes().clone())
+            .map_err(|e| {
+                use spate_raft::ProposeError as P;
+                let code = match e {
+                    P::NotLeader { .. } | P::Dropped => ResponseError::NotLeaderOrFollower,
+                    _ => ResponseError::KafkaStorageError,
+                };
+                (
+                    code,
+                    format!("proposing the batch to the partition's Raft group: {e}"),
+                )
+            })?;
+        let (Some((base, _)), Some(end)) = (
+            self.store.offsets(proposal.index),
+            self.store.offset_after(proposal.index),
+        ) else {
+            return Err((
+                ResponseError::KafkaStorageError,
+                format!("Raft entry {} has no offsets", proposal.index),
+            ));
+        };
+        let appended = (base as i64, end as i64 - 1);
+        let waiter = CommitWaiter {
+            p: self.clone(),
+            end: end as i64,
+        };
         if idempotent {
             self.producers.borrow_mut().record(
                 h.producer_id,
@@ -131,12 +356,11 @@ impl Partition {
                 BatchSeq {
                     first_seq: first,
                     last_seq: last,
-                    base_offset: appended.base_offset as i64,
-                    last_offset: appended.last_offset as i64,
+                    base_offset: appended.0,
+                    last_offset: appended.1,
                 },
             );
         }
-        self.schedule_flush();
         let pending = self.unsnapshotted_bytes.get() + batch.len();
         self.unsnapshotted_bytes.set(pending);
         if pending >= PRODUCER_SNAPSHOT_EVERY_BYTES && !self.snapshotting.replace(true) {
@@ -147,7 +371,7 @@ impl Partition {
             })
             .detach();
         }
-        Ok((appended.base_offset as i64, waiter))
+        Ok((appended.0, waiter))
     }
 
     /// Writes the producer-state snapshot as of the committed (fsynced) offset, off the
@@ -155,7 +379,9 @@ impl Partition {
     /// says — a lost or torn one is refused by its CRC and the state is rebuilt from the log,
     /// and a stale one is still true (it names its offset; what follows is replayed).
     async fn write_producer_snapshot(&self) {
-        let offset = self.log.borrow().committed_offset();
+        let Ok(offset) = self.with_log(|l| l.committed_offset()) else {
+            return;
+        };
         if offset <= self.snapshot_offset.get() {
             return;
         }
@@ -180,9 +406,9 @@ impl Partition {
         end: u64,
         mut visit: impl FnMut(&BatchHeader, Bytes) -> ControlFlow<T>,
     ) -> Result<Option<T>, LogError> {
-        let mut offset = self.log.borrow().log_start_offset().max(from);
+        let mut offset = self.with_log(|l| l.log_start_offset())?.max(from);
         while offset < end {
-            let plan = self.log.borrow().plan_read(offset, 1 << 20)?;
+            let plan = self.with_log(|l| l.plan_read(offset, 1 << 20))??;
             let read = match plan.run().await {
                 Ok(read) => read,
                 // Damaged data is never visited; the scan goes on after it (a replay that
@@ -229,7 +455,7 @@ impl Partition {
     /// batch fail, reads from its end on succeed), so a few reads, however long the batch.
     async fn first_readable_after(&self, damaged: u64, end: u64) -> Result<Option<u64>, LogError> {
         let ok = |o: u64| async move {
-            let plan = self.log.borrow().plan_read(o, 1)?;
+            let plan = self.with_log(|l| l.plan_read(o, 1))??;
             match plan.run().await {
                 Ok(_) => Ok(true),
                 Err(e) if e.is_corrupt() => Ok(false),
@@ -262,6 +488,23 @@ impl Partition {
         Ok(Some(hi))
     }
 
+    /// Compacts the Raft log through what it committed and waits (bounded) until the new
+    /// start is durable. Returns the offset below which storage policies (retention,
+    /// DeleteRecords, user-topic compaction) may remove or rewrite data: never a Raft entry,
+    /// so a restart always finds the Raft log's start in the segment log.
+    pub(crate) async fn settle_raft_log(&self) -> u64 {
+        self.consensus.compact_applied(self.group);
+        let target = self.store.anchor().offset;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.store.durable_anchor().offset < target
+            && !self.failed.get()
+            && std::time::Instant::now() < deadline
+        {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        self.store.durable_anchor().offset
+    }
+
     /// DeleteRecords: moves the log start to `offset` (-1: the high watermark) and persists
     /// it before answering. Returns the new log start (Kafka's low watermark).
     pub async fn delete_records(&self, offset: i64) -> Result<i64, ResponseError> {
@@ -275,10 +518,14 @@ impl Partition {
             .acquire_permit(1)
             .await
             .map_err(|_| ResponseError::KafkaStorageError)?;
+        if self.settle_raft_log().await < target as u64 {
+            warn!(topic = %self.topic, partition = self.key.1, target,
+                "DeleteRecords: the Raft log did not compact past the target in time");
+            return Err(ResponseError::RequestTimedOut);
+        }
         let moved = self
-            .log
-            .borrow_mut()
-            .advance_log_start(target as u64)
+            .with_log_mut(|l| l.advance_log_start(target as u64))
+            .and_then(|r| r)
             .map_err(|e| {
                 warn!(topic = %self.topic, partition = self.key.1, error = %e, "moving the log start");
                 ResponseError::KafkaStorageError
@@ -296,7 +543,7 @@ impl Partition {
                 })?;
             info!(topic = %self.topic, partition = self.key.1, log_start = start, "records deleted");
             // Whole segments now below the start go (their files, outside the log's borrow).
-            let deletion = self.log.borrow_mut().detach_below_start();
+            let deletion = self.with_log_mut(|l| l.detach_below_start()).ok().flatten();
             if let Some(d) = deletion {
                 if let Err(e) = d.run().await {
                     warn!(topic = %self.topic, partition = self.key.1, error = %e,
@@ -361,7 +608,9 @@ impl Partition {
         ts: i64,
     ) -> Result<Option<(i64, i64)>, (ResponseError, String)> {
         let hw = self.high_watermark().max(0) as u64;
-        let plan = self.log.borrow().plan_find_timestamp(ts, hw);
+        let plan = self
+            .with_log(|l| l.plan_find_timestamp(ts, hw))
+            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
         let found = plan.run().await;
         self.report_corruption();
         let found = found.map_err(|e| {
@@ -399,8 +648,14 @@ impl Partition {
     /// Brings the idempotent-producer state up to date from the batch headers in the log
     /// from `from` (the offset of the snapshot it was restored from; 0: the whole log).
     async fn rebuild_producer_state(&self, from: u64) -> Result<(), LogError> {
-        let end = self.log.borrow().stable_offset();
+        let end = self.with_log(|l| l.stable_offset())?;
+        let mut epochs = self.epochs.borrow().last().map_or(-1, |&(e, _)| e);
         self.scan_batches(from, end, |h, _| {
+            if h.partition_leader_epoch > epochs {
+                // An epoch the checkpoint missed (lost write, or a log written before).
+                epochs = h.partition_leader_epoch;
+                self.epochs.borrow_mut().push((epochs, h.base_offset));
+            }
             if h.producer_id >= 0 {
                 let first = h.base_sequence;
                 self.producers.borrow_mut().record(
@@ -430,16 +685,28 @@ impl Partition {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     ) -> (usize, usize) {
-        let expired =
-            retention_ms.is_some_and(|ms| self.log.borrow_mut().roll_if_expired(now_ms, ms));
-        if expired || self.log.borrow_mut().roll_if_due(now_ms) {
+        let expired = retention_ms.is_some_and(|ms| {
+            self.with_log_mut(|l| l.roll_if_expired(now_ms, ms))
+                .unwrap_or(false)
+        });
+        if expired
+            || self
+                .with_log_mut(|l| l.roll_if_due(now_ms))
+                .unwrap_or(false)
+        {
             // The flush creates the new segment's file and writes the rolled one's index.
-            self.schedule_flush();
+            self.store.flush_soon();
         }
-        let out = self
-            .log
-            .borrow_mut()
-            .apply_retention(now_ms, retention_ms, retention_bytes);
+        if retention_ms.is_none() && retention_bytes.is_none() {
+            return (0, 0);
+        }
+        // Retention removes only data the Raft log no longer holds.
+        let limit = self.settle_raft_log().await;
+        let Ok(out) = self.with_log_mut(|l| {
+            l.apply_retention_below(now_ms, retention_ms, retention_bytes, limit)
+        }) else {
+            return (0, 0);
+        };
         if let Some(d) = out.deletion {
             if let Err(e) = d.run().await {
                 warn!(topic = %self.topic, partition = self.key.1, error = %e,
@@ -447,70 +714,16 @@ impl Partition {
             }
         }
         // Space may be back for a partition whose flush waits on a full disk.
-        if self.log.borrow().disk_full().is_some() {
-            self.schedule_flush();
+        if self.disk_full() {
+            self.store.flush_soon();
         }
         (out.by_time, out.by_size)
-    }
-
-    /// Starts the partition's flush loop unless it runs: each round takes everything appended
-    /// so far into one write and one fdatasync (group commit).
-    fn schedule_flush(self: &Rc<Self>) {
-        if self.flushing.replace(true) {
-            return;
-        }
-        let p = self.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let job = match p.log.borrow_mut().start_flush() {
-                    Ok(Some(job)) => job,
-                    Ok(None) => break,
-                    Err(e) => {
-                        error!(topic = %p.topic, partition = p.key.1, error = %e, "flush failed");
-                        break;
-                    }
-                };
-                let written = job.write().await;
-                // Bound first: the log must not stay borrowed across the retry's sleep.
-                let finished = p.log.borrow_mut().finish_write(written);
-                let written = match finished {
-                    Ok(w) => w,
-                    Err(e) if e.is_disk_full() => {
-                        // Nothing is lost: the bytes went back into the appender. Appends are
-                        // refused meanwhile; retry until space is freed.
-                        if !p.disk_full_logged.replace(true) {
-                            warn!(topic = %p.topic, partition = p.key.1, error = %e,
-                                "disk full: appends refused, retrying the flush every second");
-                        }
-                        glommio::timer::sleep(spate_storage::log::DISK_FULL_RETRY).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        error!(topic = %p.topic, partition = p.key.1, error = %e, "write failed");
-                        break;
-                    }
-                };
-                if p.disk_full_logged.replace(false) {
-                    info!(topic = %p.topic, partition = p.key.1, "disk space back: flushing again");
-                }
-                let started = std::time::Instant::now();
-                let synced = written.sync().await;
-                p.fsync_seconds.observe(started.elapsed().as_secs_f64());
-                if let Err(e) = p.log.borrow_mut().finish_sync(synced) {
-                    error!(topic = %p.topic, partition = p.key.1, error = %e, "fdatasync failed");
-                    break;
-                }
-                p.wake_fetchers();
-            }
-            p.flushing.set(false);
-        })
-        .detach();
     }
 
     /// Logs and counts the damaged batches the log found since the last call (by reads,
     /// index rebuilds, recovery): each once, however many reads run into it.
     pub fn report_corruption(&self) {
-        for c in self.log.borrow().take_corruptions() {
+        for c in self.with_log(|l| l.take_corruptions()).unwrap_or_default() {
             error!(topic = %self.topic, partition = self.key.1,
                 file = %self.path.join(&c.segment).display(), position = c.pos,
                 offset = c.offset, detail = %c.detail,
@@ -551,7 +764,9 @@ impl Partition {
         self.readahead.set((start, u64::MAX));
         let p = self.clone();
         glommio::spawn_local(async move {
-            let plan = p.log.borrow().plan_read(start, READAHEAD_BYTES);
+            let plan = p
+                .with_log(|l| l.plan_read(start, READAHEAD_BYTES))
+                .and_then(|r| r);
             let until = match plan {
                 Ok(plan) => {
                     let read = plan.run().await;
@@ -575,10 +790,8 @@ impl Partition {
         if offset >= hw {
             return Ok(Bytes::new());
         }
-        let plan = self.log.borrow().plan_read(
-            offset as u64,
-            if min_one { max_bytes.max(1) } else { max_bytes },
-        )?;
+        let want = if min_one { max_bytes.max(1) } else { max_bytes };
+        let plan = self.with_log(|l| l.plan_read(offset as u64, want))??;
         let read = plan.run().await;
         self.report_corruption();
         let read = read?;
@@ -608,6 +821,10 @@ pub struct PartitionManager {
     /// Cap on one segment I/O (the device's `max_sectors_kb`), for every partition directory.
     max_io_bytes: usize,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+    /// The shard's Raft groups.
+    pub consensus: Rc<Consensus>,
+    /// The node's metadata store (Raft hard state, membership, log anchors).
+    meta: spate_storage::metastore::MetaStore,
     fsync_seconds: prometheus::Histogram,
     /// The shard's batch cache (`None` when `batch_cache_bytes` is 0).
     pub cache: Option<BatchCache>,
@@ -623,9 +840,13 @@ impl PartitionManager {
         shard: usize,
         config: &crate::config::Config,
         sentinel: PathBuf,
+        consensus: Rc<Consensus>,
+        meta: spate_storage::metastore::MetaStore,
         fsync_seconds: prometheus::Histogram,
     ) -> Self {
         PartitionManager {
+            consensus,
+            meta,
             fsync_seconds,
             shard,
             node_id: config.node_id,
@@ -695,6 +916,15 @@ impl PartitionManager {
             p.deleted.set(true);
             p.wake_fetchers();
             p.metrics.remove();
+            if let Some(store) = self.consensus.remove(&p) {
+                if let Err(e) = store.close().await {
+                    warn!(topic = %p.topic, partition = key.1, error = %e, "closing the Raft store");
+                }
+            }
+            if let Err(e) = self.meta.remove_group(p.group).await {
+                warn!(topic = %p.topic, partition = key.1, group = p.group, error = %e,
+                    "removing the partition's Raft metadata");
+            }
             let path = partition_dir(&self.root, &key);
             let removed = glommio::executor()
                 .spawn_blocking(move || std::fs::remove_dir_all(&path))
@@ -710,7 +940,17 @@ impl PartitionManager {
             .into_iter()
             .filter(|(k, _)| !self.partitions.borrow().contains_key(k))
             .collect();
+        let opened = RefCell::new(Vec::new());
+        let opened_ref = &opened;
         run_bounded(missing, OPEN_CONCURRENCY, |(key, topic)| async move {
+            let Some(group) = image
+                .topics
+                .get(&topic)
+                .and_then(|t| t.group_ids.get(key.1 as usize).copied())
+            else {
+                error!(%topic, partition = key.1, "no Raft group for the partition in the image");
+                return;
+            };
             let (segment_bytes, segment_ms) = image
                 .topics
                 .get(&topic)
@@ -727,23 +967,50 @@ impl PartitionManager {
                     (get("segment.bytes"), get("segment.ms"))
                 })
                 .unwrap_or((None, None));
-            match self.open(key, &topic, segment_bytes, segment_ms).await {
-                Ok(p) => {
-                    self.partitions.borrow_mut().insert(key, p);
+            match self
+                .open(key, group, &topic, segment_bytes, segment_ms)
+                .await
+            {
+                Ok((p, end)) => {
+                    self.partitions.borrow_mut().insert(key, p.clone());
+                    opened_ref.borrow_mut().push((p, end));
                 }
                 Err(e) => error!(%topic, partition = key.1, error = %e, "opening partition failed"),
             }
         })
         .await;
+        // Clients come once every new partition leads its group and committed what its log
+        // held (its election: one metadata write and one fdatasync, all groups at once).
+        let opened = opened.into_inner();
+        let ready = run_bounded(opened.iter(), usize::MAX, |(p, end)| p.wait_ready(*end));
+        if glommio::timer::timeout(Duration::from_secs(30), async {
+            ready.await;
+            Ok(())
+        })
+        .await
+        .is_err()
+        {
+            let late = opened
+                .iter()
+                .filter(|(p, end)| p.leader_term.get() == 0 || p.hw.get() < *end)
+                .count();
+            warn!(
+                partitions = late,
+                "partitions not leading their Raft group 30 s after opening"
+            );
+        }
     }
 
+    /// Opens a partition and its Raft group (which starts its election); returns it and
+    /// the log end it must commit before it serves clients.
     async fn open(
         &self,
         key: PartitionKey,
+        group: spate_raft::GroupId,
         topic: &str,
         segment_bytes: Option<i64>,
         segment_ms: Option<i64>,
-    ) -> Result<Rc<Partition>, String> {
+    ) -> Result<(Rc<Partition>, i64), String> {
         let path = partition_dir(&self.root, &key);
         let dir = self
             .partition_dir_handle(&path)
@@ -763,51 +1030,94 @@ impl PartitionManager {
             segment_ms: segment_ms.filter(|ms| *ms > 0).map(|ms| ms as u64),
             ..defaults
         };
-        let (mut log, report) = PartitionLog::open(dir.clone(), config)
+        let state = self
+            .meta
+            .read_group(group)
             .await
-            .map_err(|e| e.to_string())?;
-        if let Some(cache) = &self.cache {
-            log.attach_cache(cache);
-        }
-        if let Some(t) = &report.truncated {
+            .map_err(|e| format!("reading Raft group {group}'s metadata: {e}"))?;
+        let cfg = spate_raft::SegmentConfig {
+            log: config,
+            on_progress: Some(self.consensus.progress_hook()),
+            sleep: Some(Rc::new(|d| Box::pin(glommio::timer::sleep(d)))),
+            on_fsync: Some({
+                let h = self.fsync_seconds.clone();
+                Rc::new(move |d: Duration| h.observe(d.as_secs_f64()))
+            }),
+            // Raft log compaction only moves the anchor; the topic's retention removes data.
+            compaction_keeps_data: true,
+            ..Default::default()
+        };
+        let store = Store::open(group, dir.clone(), cfg, state, self.meta.clone())
+            .await
+            .map_err(|e| format!("opening the partition's Raft log (group {group}): {e}"))?;
+        glommio::spawn_local(store.pump()).detach();
+        if let Some(t) = store.take_recovery_report().and_then(|r| r.truncated) {
             warn!(%topic, partition = key.1, truncation = ?t, "recovery truncated a corrupt or torn tail");
         }
         let side_dir = path.clone();
-        let (saved, snapshot) = glommio::executor()
+        let (saved, snapshot, epochs) = glommio::executor()
             .spawn_blocking(move || {
                 (
                     spate_storage::log::checkpoint::read(&side_dir),
                     read_snapshot_file(&side_dir),
+                    std::fs::read_to_string(side_dir.join(EPOCH_FILE)),
                 )
             })
             .await;
-        match saved {
-            Ok(Some(start)) => {
-                let committed = log.committed_offset();
-                if start > committed {
-                    warn!(%topic, partition = key.1, checkpoint = start, log_end = committed,
-                        "log start checkpoint is past the log end; starting at the log end");
-                }
-                log.advance_log_start(start.min(committed))
-                    .map_err(|e| e.to_string())?;
+        let attached = store.with_log_mut(|log| {
+            if let Some(cache) = &self.cache {
+                log.attach_cache(cache);
             }
-            Ok(None) => {}
-            Err(e) => warn!(%topic, partition = key.1, error = %e,
-                "ignoring an unreadable log start checkpoint; the log starts at its first batch"),
+            match saved {
+                Ok(Some(start)) => {
+                    let committed = log.committed_offset();
+                    if start > committed {
+                        warn!(%topic, partition = key.1, checkpoint = start, log_end = committed,
+                            "log start checkpoint is past the log end; starting at the log end");
+                    }
+                    log.advance_log_start(start.min(committed))
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%topic, partition = key.1, error = %e,
+                    "ignoring an unreadable log start checkpoint; the log starts at its first batch"),
+            }
+            Ok::<(), String>(())
+        });
+        if let Some(Err(e)) = attached {
+            let _ = store.close().await;
+            return Err(e);
         }
+        let (epochs, epochs_ok) = match epochs.map(|t| decode_epochs(&t)) {
+            Ok(Some(e)) => (e, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), false),
+            Ok(None) => {
+                warn!(%topic, partition = key.1, "damaged leader epoch checkpoint; rebuilding it from the log");
+                (Vec::new(), false)
+            }
+            Err(e) => {
+                warn!(%topic, partition = key.1, error = %e, "reading the leader epoch checkpoint; rebuilding it from the log");
+                (Vec::new(), false)
+            }
+        };
+        let hw = store.anchor().offset as i64;
         let p = Rc::new(Partition {
             key,
             topic: topic.to_string(),
             path,
             start_lock: glommio::sync::Semaphore::new(1),
             metrics: crate::metrics::PartitionMetrics::new(topic, key.1),
-            log: RefCell::new(log),
+            group,
+            store: store.clone(),
+            consensus: self.consensus.clone(),
+            hw: Cell::new(hw),
+            leader_term: Cell::new(0),
+            failed: Cell::new(false),
+            uncompacted_bytes: Cell::new(0),
+            epochs: RefCell::new(epochs),
             dir,
-            flushing: Cell::new(false),
-            disk_full_logged: Cell::new(false),
             cached: self.cache.is_some(),
             readahead: Cell::new((0, 0)),
-            fsync_seconds: self.fsync_seconds.clone(),
             producers: RefCell::new(ProducerStates::default()),
             snapshot_offset: Cell::new(0),
             unsnapshotted_bytes: Cell::new(0),
@@ -815,7 +1125,9 @@ impl PartitionManager {
             hw_waiters: spate_net::wakers::WakerSet::new(),
             deleted: Cell::new(false),
         });
-        let stable = p.log.borrow().stable_offset();
+        let stable = p
+            .with_log(|l| l.stable_offset())
+            .map_err(|e| e.to_string())?;
         let mut refused = true;
         let from = match snapshot {
             Ok(None) => {
@@ -857,10 +1169,22 @@ impl PartitionManager {
                 warn!(%topic, partition = key.1, error = %e, "removing a refused producer-state snapshot");
             }
         }
-        p.rebuild_producer_state(from)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(p)
+        // Without its checkpoint, the epoch cache is rebuilt from every batch's epoch.
+        let from = if epochs_ok { from } else { 0 };
+        let rebuilt = p.rebuild_producer_state(from).await;
+        let end = p.log_end_offset();
+        if let Err(e) = rebuilt {
+            let _ = store.close().await;
+            return Err(e.to_string());
+        }
+        if !epochs_ok && !p.epochs.borrow().is_empty() {
+            p.persist_epochs();
+        }
+        if let Err(e) = self.consensus.add(&p, store.clone()) {
+            let _ = store.close().await;
+            return Err(format!("starting the partition's Raft group {group}: {e}"));
+        }
+        Ok((p, end))
     }
 
     /// Flushes and closes every partition (shutdown), writing each one's producer-state
@@ -873,30 +1197,26 @@ impl PartitionManager {
             .map(|(_, p)| p)
             .collect();
         run_bounded(all, OPEN_CONCURRENCY, |p| async move {
-            // Wait out a running flush loop or snapshot, and (for a while) other holders —
-            // a compaction or a read stopping — then flush what is left.
-            let patience = std::time::Instant::now() + Duration::from_secs(5);
-            while p.flushing.get()
-                || p.snapshotting.get()
-                || (Rc::strong_count(&p) > 1 && std::time::Instant::now() < patience)
-            {
+            // Wait out a running snapshot, then compact the Raft log through what it
+            // committed (the next open rebuilds no index) and close the group's store:
+            // its pump writes what is queued and the final applied checkpoint.
+            while p.snapshotting.get() {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
-            let p = match Rc::try_unwrap(p) {
-                Ok(p) => p,
-                Err(p) => {
-                    warn!(topic = %p.topic, partition = p.key.1,
-                        "partition still in use at shutdown: not closed (the next start scans its tail)");
-                    return;
-                }
+            p.settle_raft_log().await;
+            p.deleted.set(true);
+            p.wake_fetchers();
+            let store = self.consensus.remove(&p);
+            let closed = match &store {
+                Some(s) => s.close().await,
+                None => p.store.close().await,
             };
-            let log = p.log.into_inner();
-            let end = log.log_end_offset();
-            if let Err(e) = log.close().await {
+            let end = p.log_end_offset();
+            if let Err(e) = closed {
                 warn!(topic = %p.topic, partition = p.key.1, error = %e, "closing partition log");
-            } else if end > p.snapshot_offset.get() {
+            } else if end > p.snapshot_offset.get() as i64 {
                 // Everything below `end` is durable now.
-                let data = p.producers.borrow().encode_snapshot(end);
+                let data = p.producers.borrow().encode_snapshot(end as u64);
                 let dir = p.path.clone();
                 let written = glommio::executor()
                     .spawn_blocking(move || write_snapshot_file(&dir, &data))
@@ -906,7 +1226,11 @@ impl PartitionManager {
                         "writing the producer-state snapshot");
                 }
             }
-            let _ = p.dir.close().await;
+            // Close the directory handle unless someone still holds the partition (a
+            // read or compaction stopping: the handle then closes when they drop it).
+            if let Ok(p) = Rc::try_unwrap(p) {
+                let _ = p.dir.close().await;
+            }
         })
         .await;
     }
@@ -917,6 +1241,55 @@ fn write_snapshot_file(dir: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+}
+
+/// See [`Partition::epoch_end`].
+fn epoch_end_in(epochs: &[(i32, i64)], requested: i32, log_end: i64) -> (i32, i64) {
+    let Some(&(latest, _)) = epochs.last() else {
+        return (-1, -1);
+    };
+    if requested < 0 {
+        return (-1, -1);
+    }
+    if requested == latest {
+        return (latest, log_end);
+    }
+    let Some(&(_, higher_start)) = epochs.iter().find(|&&(e, _)| e > requested) else {
+        return (-1, -1);
+    };
+    match epochs.iter().rev().find(|&&(e, _)| e <= requested) {
+        Some(&(floor, _)) => (floor, higher_start),
+        None => (requested, higher_start),
+    }
+}
+
+/// Kafka's `leader-epoch-checkpoint` text: version 0, the count, then `epoch offset` lines.
+fn encode_epochs(epochs: &[(i32, i64)]) -> String {
+    let mut s = format!("0\n{}\n", epochs.len());
+    for (e, o) in epochs {
+        s.push_str(&format!("{e} {o}\n"));
+    }
+    s
+}
+
+/// Parses a leader epoch checkpoint; `None` when it is damaged (wrong version or count, an
+/// unparsable line, epochs or offsets going backwards).
+fn decode_epochs(text: &str) -> Option<Vec<(i32, i64)>> {
+    let mut lines = text.lines();
+    if lines.next()?.trim() != "0" {
+        return None;
+    }
+    let n: usize = lines.next()?.trim().parse().ok()?;
+    let mut out: Vec<(i32, i64)> = Vec::with_capacity(n.min(1 << 16));
+    for line in lines.by_ref().take(n) {
+        let mut f = line.split_whitespace();
+        let (e, o) = (f.next()?.parse().ok()?, f.next()?.parse().ok()?);
+        if f.next().is_some() || out.last().is_some_and(|&(pe, po)| pe >= e || po > o) {
+            return None;
+        }
+        out.push((e, o));
+    }
+    (out.len() == n && lines.all(|l| l.trim().is_empty())).then_some(out)
 }
 
 /// Removes a partition's producer-state snapshot (refused at open).
@@ -968,6 +1341,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_ends_follow_kafkas_leader_epoch_cache() {
+        let epochs = [(0, 0), (2, 10), (5, 30)];
+        assert_eq!(epoch_end_in(&epochs, 5, 42), (5, 42));
+        assert_eq!(epoch_end_in(&epochs, 2, 42), (2, 30));
+        // Between known epochs: the floor epoch, ending where the next one starts.
+        assert_eq!(epoch_end_in(&epochs, 3, 42), (2, 30));
+        assert_eq!(epoch_end_in(&epochs, 0, 42), (0, 10));
+        assert_eq!(epoch_end_in(&epochs, 6, 42), (-1, -1));
+        assert_eq!(epoch_end_in(&epochs, -1, 42), (-1, -1));
+        // Older than every known epoch: itself, ending where the first starts.
+        assert_eq!(epoch_end_in(&[(3, 7)], 1, 9), (1, 7));
+        assert_eq!(epoch_end_in(&[], 0, 9), (-1, -1));
+    }
+
+    #[test]
+    fn epoch_checkpoints_round_trip_and_damage_is_refused() {
+        let epochs = vec![(0, 0), (2, 16), (3, 20)];
+        let text = encode_epochs(&epochs);
+        assert_eq!(text, "0\n3\n0 0\n2 16\n3 20\n");
+        assert_eq!(decode_epochs(&text), Some(epochs));
+        assert_eq!(decode_epochs("0\n0\n"), Some(vec![]));
+        for bad in [
+            "",
+            "1\n0\n",
+            "0\n2\n0 0\n",
+            "0\n1\n0 x\n",
+            "0\n2\n3 0\n2 5\n",
+            "0\n2\n2 9\n3 5\n",
+            "0\n1\n2 9 1\n",
+            "0\n1\n2 9\n4 10\n",
+        ] {
+            assert_eq!(decode_epochs(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn run_bounded_runs_every_item_with_at_most_limit_in_flight() {

@@ -49,6 +49,8 @@ pub struct PartitionView {
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub log_end_offset: i64,
+    /// The partition's Raft term while this node leads it (-1: not leading).
+    pub leader_epoch: i32,
 }
 
 /// One shard's published view and its partitions.
@@ -136,13 +138,15 @@ pub fn start_publisher(shard: Rc<Shard>, view: Arc<NodeView>) {
 }
 
 fn publish(shard: &Shard, view: &NodeView) {
-    let mut disk_full = 0i64;
+    let (mut disk_full, mut leaders, mut failed) = (0i64, 0i64, 0i64);
     let parts: Vec<PartitionView> = shard
         .partitions
         .all()
         .iter()
         .map(|p| {
             disk_full += i64::from(p.disk_full());
+            leaders += i64::from(p.leader_epoch().is_some());
+            failed += i64::from(p.failed());
             let (start, hw) = (p.log_start_offset(), p.high_watermark());
             p.metrics.high_watermark.set(hw);
             p.metrics.log_start_offset.set(start);
@@ -156,6 +160,7 @@ fn publish(shard: &Shard, view: &NodeView) {
                 log_start_offset: start,
                 high_watermark: hw,
                 log_end_offset: p.log_end_offset(),
+                leader_epoch: p.leader_epoch().unwrap_or(-1),
             }
         })
         .collect();
@@ -175,6 +180,13 @@ fn publish(shard: &Shard, view: &NodeView) {
         m.cache_resident.set(st.resident_bytes as i64);
     }
     m.disk_full.set(disk_full);
+    let raft = shard.partitions.consensus.stats();
+    m.raft_groups.set(raft.groups as i64);
+    m.raft_groups_ticking.set(raft.ticking as i64);
+    m.raft_leaders.set(leaders);
+    m.raft_failed.set(failed);
+    m.raft_group_ticks
+        .inc_by(raft.group_ticks.saturating_sub(m.raft_group_ticks.get()));
     let s = ShardView {
         shard: shard.id,
         partitions: parts.len(),

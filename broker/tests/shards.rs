@@ -44,7 +44,14 @@ fn run_cluster(
         .io_memory(256 << 10)
         .on_all_shards(move || async move {
             let (id, mesh, io) = mesh::join(builder).await.unwrap();
-            let shard = std::rc::Rc::new(Shard::new(config, image, mesh, store, sentinel));
+            let shard = std::rc::Rc::new(Shard::new(
+                config,
+                image,
+                mesh,
+                store,
+                sentinel,
+                spate_broker::consensus::LeaderEpochs::new(),
+            ));
             mesh::start(shard.clone(), io);
             if id == caller {
                 let resp = shard

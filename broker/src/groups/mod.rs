@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::partition::CommitWaiter;
 use bytes::{Bytes, BytesMut};
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -28,7 +29,6 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 use spate_storage::log::batch::RecordBatch;
-use spate_storage::log::DurableWaiter;
 use tracing::{info, warn};
 
 use crate::config::GroupConfig;
@@ -207,7 +207,7 @@ impl Coordinator {
         shard: &Shard,
         key: PartitionKey,
         records: Vec<(Bytes, Option<Bytes>)>,
-    ) -> Result<DurableWaiter, ResponseError> {
+    ) -> Result<CommitWaiter, ResponseError> {
         Self::write_at(shard, key, records).map(|(_, w)| w)
     }
 
@@ -217,7 +217,7 @@ impl Coordinator {
         shard: &Shard,
         key: PartitionKey,
         records: Vec<(Bytes, Option<Bytes>)>,
-    ) -> Result<(i64, DurableWaiter), ResponseError> {
+    ) -> Result<(i64, CommitWaiter), ResponseError> {
         *shard.groups.written.borrow_mut().entry(key).or_default() += records.len() as u64;
         let p = shard
             .partitions
@@ -453,7 +453,7 @@ impl Coordinator {
         shard: &Shard,
         key: PartitionKey,
         g: &mut Group,
-    ) -> Option<Result<DurableWaiter, ResponseError>> {
+    ) -> Option<Result<CommitWaiter, ResponseError>> {
         if !g.take_dirty() {
             return None;
         }

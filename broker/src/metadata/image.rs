@@ -56,9 +56,17 @@ pub struct TopicMeta {
     pub id: Uuid,
     pub replication_factor: i16,
     pub partition_shards: Vec<u32>,
+    /// Raft group (metadata-store region) of each partition, by partition index: assigned
+    /// in controller-log order as the image is built, so every replay (and, with
+    /// clustering, every node) gives a partition the same group.
+    pub group_ids: Vec<u64>,
     /// Topic overrides only (defaults are resolved on read).
     pub configs: BTreeMap<String, String>,
 }
+
+/// The first Raft group id given to a partition (group 1 is the controller's,
+/// `spate_storage::metastore::CONTROLLER_GROUP`).
+pub const FIRST_PARTITION_GROUP: u64 = 2;
 
 #[derive(Debug, Clone, Default)]
 pub struct MetadataImage {
@@ -75,6 +83,10 @@ pub struct MetadataImage {
     pub producer_ids_end: i64,
     /// Index of the last applied controller-log entry.
     pub applied_index: u64,
+    /// Raft groups given to partitions so far (the next is `FIRST_PARTITION_GROUP` plus
+    /// this); never reused, so a deleted partition's leftover metadata cannot be picked up
+    /// by a new one.
+    pub groups_assigned: u64,
 }
 
 impl MetadataImage {
@@ -137,6 +149,13 @@ impl MetadataImage {
             .collect()
     }
 
+    /// The next `n` Raft group ids.
+    fn assign_groups(&mut self, n: usize) -> Vec<u64> {
+        let first = FIRST_PARTITION_GROUP + self.groups_assigned;
+        self.groups_assigned += n as u64;
+        (first..first + n as u64).collect()
+    }
+
     /// Applies one controller-log entry's records.
     pub fn apply(&mut self, index: u64, records: &[MetadataRecord]) {
         for r in records {
@@ -163,6 +182,7 @@ impl MetadataImage {
                     self.partitions_per_shard[slot] += 1;
                 }
                 self.names_by_id.insert(*id, name.clone());
+                let group_ids = self.assign_groups(partition_shards.len());
                 self.topics.insert(
                     name.clone(),
                     TopicMeta {
@@ -170,6 +190,7 @@ impl MetadataImage {
                         id: *id,
                         replication_factor: *replication_factor,
                         partition_shards: partition_shards.clone(),
+                        group_ids,
                         configs: configs.clone(),
                     },
                 );
@@ -195,8 +216,10 @@ impl MetadataImage {
                     let slot = self.shard_slot(*s);
                     self.partitions_per_shard[slot] += 1;
                 }
+                let groups = self.assign_groups(new_partition_shards.len());
                 if let Some(t) = self.topics.get_mut(&name) {
                     t.partition_shards.extend_from_slice(new_partition_shards);
+                    t.group_ids.extend(groups);
                 }
             }
             MetadataRecord::SetTopicConfigs { id, configs } => {
@@ -267,5 +290,39 @@ mod tests {
         let mut img = MetadataImage::new(1);
         img.apply(1, &[create("a", vec![0, 3, 5])]);
         assert_eq!(img.partitions_per_shard, vec![3]);
+    }
+
+    #[test]
+    fn partitions_get_raft_groups_in_log_order_never_reused() {
+        let log = {
+            let a = create("a", vec![0, 1]);
+            let MetadataRecord::CreateTopic { id, .. } = a.clone() else {
+                unreachable!()
+            };
+            vec![
+                vec![a],
+                vec![create("b", vec![0])],
+                vec![MetadataRecord::CreatePartitions {
+                    id,
+                    new_partition_shards: vec![1],
+                }],
+                vec![MetadataRecord::DeleteTopic { id }],
+                vec![create("a", vec![0])],
+            ]
+        };
+        let mut img = MetadataImage::new(2);
+        for (i, r) in log.iter().enumerate() {
+            img.apply(i as u64 + 1, r);
+        }
+        // a: 2, 3 (+ 5 from CreatePartitions, then deleted); b: 4; the new a: 6.
+        assert_eq!(img.topics["b"].group_ids, vec![4]);
+        assert_eq!(img.topics["a"].group_ids, vec![6]);
+        // A replay of the same log gives the same groups.
+        let mut again = MetadataImage::new(1);
+        for (i, r) in log.iter().enumerate() {
+            again.apply(i as u64 + 1, r);
+        }
+        assert_eq!(again.topics["a"].group_ids, vec![6]);
+        assert_eq!(again.groups_assigned, 5);
     }
 }

@@ -75,6 +75,10 @@ pub enum ShardRequest {
     },
     /// `(partition, timestamp)`: -2 earliest, -1 latest, else by time.
     ListOffsets { items: Vec<(PartitionKey, i64)> },
+    /// OffsetForLeaderEpoch: `(partition, current leader epoch (-1: unchecked), epoch)`.
+    EpochEnds {
+        items: Vec<(PartitionKey, i32, i32)>,
+    },
     /// DeleteRecords: `(partition, offset)`, -1 meaning the high watermark.
     DeleteRecords { items: Vec<(PartitionKey, i64)> },
     /// A metadata change, for the controller shard.
@@ -99,6 +103,8 @@ pub enum ShardResponse {
     Woken,
     /// `(error, offset, timestamp)` per item.
     Offsets(Vec<(ResponseError, i64, i64)>),
+    /// `(error, epoch, end offset)` per item.
+    EpochEnds(Vec<(ResponseError, i32, i64)>),
     Group(crate::groups::GroupAnswer),
     /// `(error, new log start)` per item.
     Deleted(Vec<(ResponseError, i64)>),
@@ -135,6 +141,7 @@ impl Shard {
         mesh: Mesh,
         store: MetaStore,
         sentinel: PathBuf,
+        epochs: std::sync::Arc<crate::consensus::LeaderEpochs>,
     ) -> Shard {
         let metrics = ShardMetrics::new(mesh.shard_id());
         Shard {
@@ -142,6 +149,8 @@ impl Shard {
                 mesh.shard_id(),
                 &config,
                 sentinel,
+                crate::consensus::Consensus::new(config.node_id, epochs),
+                store.clone(),
                 metrics.fsync_seconds.clone(),
             ),
             metrics,
@@ -354,6 +363,9 @@ pub async fn handle_shard_request(shard: &Shard, req: ShardRequest) -> ShardResp
         }
         ShardRequest::ListOffsets { items } => {
             ShardResponse::Offsets(crate::data::list_offsets_local(shard, items).await)
+        }
+        ShardRequest::EpochEnds { items } => {
+            ShardResponse::EpochEnds(crate::data::epoch_ends_local(shard, items))
         }
     }
 }

@@ -103,9 +103,20 @@ def test_metrics_are_prometheus_text_and_move_with_traffic(broker):
     assert total(after, "spate_partition_fetch_bytes_total", topic=topic, partition="0") >= 100 * 100
     assert total(after, "spate_reactor_lag_seconds_count") > 0
     for family in ("spate_reactor_stalls_total", "spate_mesh_pending_requests",
-                   "spate_fetch_sessions", "spate_consumer_groups"):
+                   "spate_fetch_sessions", "spate_consumer_groups", "spate_raft_groups_ticking",
+                   "spate_raft_group_ticks_total", "spate_raft_groups_failed"):
         assert any(n == family for n, _ in after), f"{family} missing"
     import time
+    # Every partition runs through its Raft group, which this node leads (published every
+    # second, like the gauges below).
+    deadline = time.time() + 5
+    while True:
+        now = scrape(broker)
+        groups, leaders = total(now, "spate_raft_groups"), total(now, "spate_raft_leaders")
+        if groups == total(now, "spate_partitions") and leaders == groups and groups >= 2:
+            break
+        assert time.time() < deadline, (groups, leaders, total(now, "spate_partitions"))
+        time.sleep(0.2)
     deadline = time.time() + 5
     while total(scrape(broker), "spate_partition_high_watermark", topic=topic, partition="0") != 100:
         assert time.time() < deadline, "high watermark gauge never reached 100"
@@ -141,6 +152,9 @@ def test_cluster_shards_and_partitions_views(broker):
         time.sleep(0.2)
     assert [(x["topic"], x["partition"]) for x in parts] == [(topic, i) for i in range(3)]
     assert all(x["log_start_offset"] == 0 and x["log_end_offset"] == 10 for x in parts), parts
+    # The leader epoch is the partition's Raft term: at least 2 (the first election after
+    # the bootstrap term 1).
+    assert all(x["leader_epoch"] >= 2 for x in parts), parts
     assert {x["shard"] for x in parts} <= set(range(broker.smp))
     status, shards = get(broker, "/v1/shards")
     assert status == 200

@@ -152,11 +152,18 @@ def test_latest_value_per_key_then_tombstones_go(broker_factory):
     # By timestamp: the first surviving record at or after it (the gaps are skipped).
     probe = Consumer({"bootstrap.servers": b.bootstrap, "group.id": unique_topic("ts"),
                       "log_level": 3})
+    last_roll = max(o for o, k, _, _ in records if k == b"roll")
     try:
         for _, _, _, ts in records[::5]:
             want = min(o for o, _, _, t in records if t >= ts)
+            # A later pass may meanwhile remove an older roll marker (superseded by the last
+            # one: `compacted` leaves them out) or a tombstone past its delete horizon: then
+            # the first record that stays is the answer.
+            stays = [(o, t) for o, k, v, t in records
+                     if v is not None and (k != b"roll" or o == last_roll)]
+            later = min((o for o, t in stays if t >= ts), default=-1)
             got = probe.offsets_for_times([TopicPartition(topic, 0, ts)], timeout=15)[0]
-            assert got.offset == want, (ts, got.offset, want)
+            assert got.offset in (want, later), (ts, got.offset, want, later)
     finally:
         probe.close()
 

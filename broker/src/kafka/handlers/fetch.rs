@@ -18,10 +18,11 @@ use spate_storage::log::batch::whole_batches_prefix;
 use uuid::Uuid;
 
 use super::s;
+use crate::consensus::epoch_check;
 use crate::data::{by_shard, fan_out, wait_any};
 use crate::kafka::fetch_sessions::{SessionError, SessionPartition, TopicRef};
 use crate::kafka::Ctx;
-use crate::partition::{PartitionKey, SINGLE_NODE_TERM};
+use crate::partition::PartitionKey;
 use crate::shard::{FetchItem, FetchOutcome, ShardRequest, ShardResponse};
 
 /// Longest wait a client may ask for (Kafka caps it by the request timeout; so do we).
@@ -87,20 +88,20 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
             })
         })
         .collect();
-    // The current leader epoch of every partition is 0 until Raft terms arrive.
-    let epoch_error = |p: i32| -> Option<ResponseError> {
-        (p > SINGLE_NODE_TERM as i32).then_some(ResponseError::UnknownLeaderEpoch)
-    };
-    let epoch_errors: Vec<((TopicRef, i32), ResponseError)> = req
+    // The leader epochs the client believes current (checked against the partitions' Raft
+    // terms: FENCED_LEADER_EPOCH when older, UNKNOWN_LEADER_EPOCH when newer).
+    let client_epochs: Vec<((TopicRef, i32), i32)> = req
         .topics
         .iter()
         .flat_map(|t| {
             let tr = topic_ref(&t.topic, t.topic_id);
-            t.partitions.iter().filter_map(move |p| {
-                epoch_error(p.current_leader_epoch).map(|e| ((tr.clone(), p.partition), e))
-            })
+            t.partitions
+                .iter()
+                .filter(|p| p.current_leader_epoch >= 0)
+                .map(move |p| ((tr.clone(), p.partition), p.current_leader_epoch))
         })
         .collect();
+    let epochs = &shard.partitions.consensus.epochs;
 
     // Which partitions this fetch reads, and what it tells the session.
     let (mode, list): (Mode, Vec<Wanted>) = {
@@ -165,10 +166,12 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
                     (TopicRef::Id(id), None) => (String::new(), *id),
                 };
                 let key = (tr, partition);
-                let failed = epoch_errors
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, e)| *e);
+                let failed = match (topic, client_epochs.iter().find(|(k, _)| *k == key)) {
+                    (Some(t), Some((_, current))) => {
+                        epoch_check(*current, epochs.get(&(t.id, partition)))
+                    }
+                    _ => None,
+                };
                 let slot = match (topic, failed) {
                     (_, Some(e)) => Slot::Failed(e),
                     (None, _) => Slot::Failed(if by_id {

@@ -11,6 +11,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
+use crate::consensus::epoch_check;
 use crate::data::{self, locate, per_owner};
 use crate::kafka::Ctx;
 use crate::shard::{ShardRequest, ShardResponse};
@@ -19,11 +20,26 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let shard = &ctx.shard;
     let mut results: Vec<Vec<(ResponseError, i64, i64)>> = Vec::new();
     let mut wanted = Vec::new();
+    let epochs = &shard.partitions.consensus.epochs;
+    // The partitions' current leader epochs, for the answer (Kafka gives the epoch of the
+    // offset found; the current one is never older, so a client's later truncation check
+    // cannot see a false divergence).
+    let mut leader_epochs: Vec<Vec<i32>> = Vec::new();
     {
         let img = shard.image.borrow();
         for (ti, t) in req.topics.iter().enumerate() {
             let topic = img.topics.get(t.name.0.as_str());
             let mut r = Vec::new();
+            leader_epochs.push(
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        locate(shard, topic, p.partition_index)
+                            .and_then(|(key, _)| epochs.get(&key))
+                            .unwrap_or(-1)
+                    })
+                    .collect(),
+            );
             for (pi, p) in t.partitions.iter().enumerate() {
                 let needs = match p.timestamp {
                     data::MAX_TIMESTAMP => 7,
@@ -36,10 +52,16 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                 } else {
                     p.timestamp
                 };
-                match locate(shard, topic, p.partition_index) {
+                let located = locate(shard, topic, p.partition_index);
+                let stale = located
+                    .and_then(|(key, _)| epoch_check(p.current_leader_epoch, epochs.get(&key)));
+                match located {
                     None => r.push((ResponseError::UnknownTopicOrPartition, -1, -1)),
                     Some(_) if ctx.version < needs => {
                         r.push((ResponseError::UnsupportedVersion, -1, -1))
+                    }
+                    Some(_) if stale.is_some() => {
+                        r.push((stale.unwrap_or(ResponseError::FencedLeaderEpoch), -1, -1))
                     }
                     Some((key, owner)) => {
                         r.push((ResponseError::Unknown(0), -1, -1));
@@ -66,14 +88,16 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
         .topics
         .iter()
         .zip(results)
-        .map(|(t, rs)| {
+        .zip(leader_epochs)
+        .map(|((t, rs), les)| {
             ListOffsetsTopicResponse::default()
                 .with_name(t.name.clone())
                 .with_partitions(
                     t.partitions
                         .iter()
                         .zip(rs)
-                        .map(|(p, (e, offset, timestamp))| {
+                        .zip(les)
+                        .map(|((p, (e, offset, timestamp)), le)| {
                             let r = ListOffsetsPartitionResponse::default()
                                 .with_partition_index(p.partition_index)
                                 .with_error_code(e.code())
@@ -81,7 +105,7 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                                 .with_offset(offset);
                             // leader_epoch exists from v4 on; encoding it earlier fails.
                             if ctx.version >= 4 {
-                                r.with_leader_epoch(if offset >= 0 { 0 } else { -1 })
+                                r.with_leader_epoch(if offset >= 0 { le } else { -1 })
                             } else {
                                 r
                             }

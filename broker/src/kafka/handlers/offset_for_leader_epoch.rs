@@ -1,8 +1,10 @@
 //! OffsetForLeaderEpoch (key 23), v2–v4: the end offset of a leader epoch, which consumers use
-//! to detect log truncation after a leader change. Until Raft terms arrive every partition has
-//! one epoch, 0, starting at offset 0: epoch 0 ends at the log end offset; any other epoch is
-//! unknown (-1, -1), as Kafka's epoch cache answers. A current leader epoch above 0 is
-//! UNKNOWN_LEADER_EPOCH.
+//! to detect log truncation after a leader change. A partition's leader epochs are its Raft
+//! terms; the owning shard answers from the partition's leader epoch cache (Kafka's
+//! `LeaderEpochFileCache.endOffsetFor`): the largest epoch at or below the one asked for, and
+//! where the next epoch starts (the log end for the latest); `(-1, -1)` for an epoch older
+//! than any the partition knows. A `current_leader_epoch` newer than the partition's is
+//! UNKNOWN_LEADER_EPOCH, an older one FENCED_LEADER_EPOCH.
 
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
@@ -10,12 +12,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use crate::data::{locate, per_owner, LOG_END_OFFSET};
+use crate::data::{locate, per_owner};
 use crate::kafka::Ctx;
-use crate::partition::SINGLE_NODE_TERM;
 use crate::shard::{ShardRequest, ShardResponse};
-
-const EPOCH: i32 = SINGLE_NODE_TERM as i32;
 
 pub async fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
     let shard = &ctx.shard;
@@ -30,15 +29,13 @@ pub async fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLea
             for (pi, p) in t.partitions.iter().enumerate() {
                 match locate(shard, topic, p.partition) {
                     None => r.push((ResponseError::UnknownTopicOrPartition, -1, -1)),
-                    Some(_) if p.current_leader_epoch > EPOCH => {
-                        r.push((ResponseError::UnknownLeaderEpoch, -1, -1))
-                    }
-                    Some(_) if p.leader_epoch != EPOCH => {
-                        r.push((ResponseError::Unknown(0), -1, -1))
-                    }
                     Some((key, owner)) => {
-                        r.push((ResponseError::Unknown(0), EPOCH, -1));
-                        wanted.push((owner, (ti, pi), (key, LOG_END_OFFSET)));
+                        r.push((ResponseError::Unknown(0), -1, -1));
+                        wanted.push((
+                            owner,
+                            (ti, pi),
+                            (key, p.current_leader_epoch, p.leader_epoch),
+                        ));
                     }
                 }
             }
@@ -48,19 +45,13 @@ pub async fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLea
     per_owner(
         shard,
         wanted,
-        |items| ShardRequest::ListOffsets { items },
+        |items| ShardRequest::EpochEnds { items },
         |resp| match resp {
-            ShardResponse::Offsets(v) => Some(v),
+            ShardResponse::EpochEnds(v) => Some(v),
             _ => None,
         },
         (ResponseError::NotLeaderOrFollower, -1, -1),
-        |(ti, pi), (e, offset, _)| {
-            results[ti][pi] = if e == ResponseError::Unknown(0) {
-                (e, EPOCH, offset)
-            } else {
-                (e, -1, -1)
-            }
-        },
+        |(ti, pi), r| results[ti][pi] = r,
     )
     .await;
     let topics = req

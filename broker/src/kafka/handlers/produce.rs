@@ -35,6 +35,7 @@ pub const SERVED_VERSION_MIN: i16 = 3;
 const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 /// Attribute bit of a v2 batch: part of a transaction.
 const ATTR_TRANSACTIONAL: i16 = 0x10;
+const ATTR_CONTROL: i16 = 0x20;
 
 struct PartitionPlan {
     error: ResponseError,
@@ -149,6 +150,15 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     }
                 };
                 let h: &BatchHeader = batch.header();
+                if h.attributes & ATTR_CONTROL != 0 && h.attributes & ATTR_TRANSACTIONAL == 0 {
+                    // Kafka: "clients are not allowed to write control records". They would
+                    // also pass for the broker's own Raft control entries.
+                    tp.push(fail(
+                        ResponseError::InvalidRecord,
+                        Some("clients may not write control batches".into()),
+                    ));
+                    continue;
+                }
                 if h.attributes & ATTR_TRANSACTIONAL != 0 {
                     tp.push(fail(
                         ResponseError::InvalidTxnState,
