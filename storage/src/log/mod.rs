@@ -1065,6 +1065,13 @@ impl<D: SegmentDir> PartitionLog<D> {
             if let Some(ix) = s.shared.index.borrow_mut().as_mut() {
                 ix.shrink_to_fit();
             }
+            // Already durable (say, the recovered active segment when a new term rolls the
+            // log at startup): give the descriptor back now rather than after its index
+            // files are written, so a restart of many partitions holds one segment
+            // descriptor per partition, not two. Reads reopen it on demand.
+            if s.appender.committed().0 == s.size() && !self.flush_in_flight {
+                s.shared.file.borrow_mut().take();
+            }
         }
         let base = self.next_offset;
         let seg = Segment::new_empty(self.dir.clone(), self.config.write_chunk_bytes, base, term);
@@ -1498,11 +1505,15 @@ impl<D: SegmentDir> PartitionLog<D> {
                 end: self.next_offset,
             });
         }
+        // A segment never ends in zero-width batches at its successor's base offset (they
+        // open a segment): one ending at `at.offset` holds nothing at that place unless it
+        // starts there too, and is not opened (reads keep a closed segment's descriptor).
         let mut segs: Vec<PlanSegment<D>> = self
             .segments
             .range(..=at.offset)
             .rev()
             .take_while(|(_, s)| s.next_offset >= at.offset)
+            .filter(|(_, s)| s.next_offset > at.offset || s.base_offset == at.offset)
             .map(|(_, s)| PlanSegment::new(self, s))
             .collect();
         segs.reverse();

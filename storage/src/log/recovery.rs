@@ -497,6 +497,9 @@ impl<D: SegmentDir> PartitionLog<D> {
         let n = segments.len();
         for seg in segments.values_mut().take(n.saturating_sub(1)) {
             seg.appender.seal();
+            // Closed and durable (scanned, cut and synced above): no descriptor kept, as for
+            // the trusted ones. Its index files are written from the in-memory index.
+            seg.shared.file.borrow_mut().take();
         }
         if let Some(seg) = segments.values_mut().next_back() {
             let damaged = activate(&dir, &config, seg).await?;
