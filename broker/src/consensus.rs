@@ -33,6 +33,14 @@ use crate::partition::{Partition, PartitionKey};
 /// A partition's Raft log store: its segment log, with hard state in the metadata store.
 pub type Store = SegmentStore<DmaDir, MetaStore>;
 
+/// Every Raft group's metadata as the metadata store recovered it at start, taken out group
+/// by group as the shards open their partitions (a read through the metadata thread per
+/// partition would force its pending writes out first: one fsync per opening partition).
+/// Groups created later start empty.
+pub type RecoveredGroups = Arc<
+    std::sync::Mutex<std::collections::BTreeMap<GroupId, spate_storage::metastore::GroupState>>,
+>;
+
 /// The Raft log of a group of one is compacted (only its anchor moves: the data stays for
 /// retention) once this many bytes were committed since the last compaction, so a restart
 /// rebuilds the Raft index from at most this much of the log.
@@ -183,7 +191,9 @@ impl Consensus {
                 warn!(group, error = %e, "campaign refused");
             }
         }
-        self.run();
+        // The raft task runs the election with every other group's of this reactor turn
+        // (a `process` per added group would cost O(groups) each at startup).
+        self.poke();
         Ok(())
     }
 

@@ -108,6 +108,9 @@ struct ShardBoot {
     view: Arc<crate::view::NodeView>,
     /// Partition leader epochs, shared by the shards (see `crate::consensus`).
     epochs: Arc<crate::consensus::LeaderEpochs>,
+    /// The Raft groups' metadata as the metadata store recovered it; each shard takes its
+    /// partitions' groups out when it opens them.
+    groups: crate::consensus::RecoveredGroups,
 }
 
 /// Whether `dir` is on tmpfs (no O_DIRECT: glommio falls back to buffered I/O there).
@@ -203,6 +206,7 @@ pub fn run(mut config: Config) -> Result<()> {
         drained: Arc::new(AtomicUsize::new(0)),
         view,
         epochs: crate::consensus::LeaderEpochs::new(),
+        groups: Arc::new(std::sync::Mutex::new(recovered.groups)),
         config: config.clone(),
     };
     let results = crate::rt::pool(&config)?
@@ -245,6 +249,7 @@ async fn shard_main(boot: ShardBoot) -> Result<()> {
         boot.store,
         boot.sentinel.clone(),
         boot.epochs.clone(),
+        boot.groups.clone(),
     ));
     mesh::start(shard.clone(), io);
     // Open (and recover) the partitions this shard owns before taking clients.

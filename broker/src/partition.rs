@@ -41,9 +41,11 @@ pub const PRODUCER_SNAPSHOT_EVERY_BYTES: usize = 64 << 20;
 /// How many partitions a shard opens (or closes) at once: their I/O overlaps in io_uring.
 const OPEN_CONCURRENCY: usize = 64;
 
-/// Kafka's leader-epoch checkpoint of a partition (`epoch start_offset` lines, Kafka's
-/// `leader-epoch-checkpoint` format).
-pub const EPOCH_FILE: &str = "leader-epoch-checkpoint";
+/// Metadata-store key (in the partition's Raft group region) of its leader epoch cache, in
+/// Kafka's `leader-epoch-checkpoint` text format. Kept there rather than in a file: it is
+/// written at every election (once per partition per start), and the metadata thread
+/// commits all of them in a few group commits where files would take a rename each.
+pub const KEY_LEADER_EPOCHS: &[u8] = b"kafka/leader-epochs";
 
 pub struct Partition {
     pub key: PartitionKey,
@@ -58,6 +60,7 @@ pub struct Partition {
     /// The group's store: it owns the segment log.
     pub(crate) store: Store,
     consensus: Rc<Consensus>,
+    meta: spate_storage::metastore::MetaStore,
     /// Offset after the last committed entry.
     hw: Cell<i64>,
     /// The term this replica leads in (0: not leading).
@@ -214,22 +217,19 @@ impl Partition {
         self.persist_epochs();
     }
 
-    /// Writes the epoch cache (temporary file, renamed), off the reactor. A lost write is
+    /// Writes the epoch cache to the metadata store (its own thread). A lost write is
     /// repaired at the next open from the batches' leader epochs.
     fn persist_epochs(&self) {
         let text = encode_epochs(&self.epochs.borrow());
-        let dir = self.path.clone();
+        let write = spate_storage::metastore::GroupWrite {
+            put: vec![(KEY_LEADER_EPOCHS.to_vec(), Bytes::from(text))],
+            ..Default::default()
+        };
+        let (meta, group) = (self.meta.clone(), self.group);
         let (topic, partition) = (self.topic.clone(), self.key.1);
         glommio::spawn_local(async move {
-            let written = glommio::executor()
-                .spawn_blocking(move || {
-                    let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
-                    std::fs::write(&tmp, text)?;
-                    std::fs::rename(&tmp, dir.join(EPOCH_FILE))
-                })
-                .await;
-            if let Err(e) = written {
-                warn!(%topic, partition, error = %e, "writing the leader epoch checkpoint");
+            if let Err(e) = meta.write_group(group, write).await {
+                warn!(%topic, partition, error = %e, "writing the leader epoch cache");
             }
         })
         .detach();
@@ -826,6 +826,7 @@ pub struct PartitionManager {
     /// The node's metadata store (Raft hard state, membership, log anchors).
     meta: spate_storage::metastore::MetaStore,
     fsync_seconds: prometheus::Histogram,
+    recovered: crate::consensus::RecoveredGroups,
     /// The shard's batch cache (`None` when `batch_cache_bytes` is 0).
     pub cache: Option<BatchCache>,
 }
@@ -843,8 +844,10 @@ impl PartitionManager {
         consensus: Rc<Consensus>,
         meta: spate_storage::metastore::MetaStore,
         fsync_seconds: prometheus::Histogram,
+        recovered: crate::consensus::RecoveredGroups,
     ) -> Self {
         PartitionManager {
+            recovered,
             consensus,
             meta,
             fsync_seconds,
@@ -940,6 +943,7 @@ impl PartitionManager {
             .into_iter()
             .filter(|(k, _)| !self.partitions.borrow().contains_key(k))
             .collect();
+        let started = std::time::Instant::now();
         let opened = RefCell::new(Vec::new());
         let opened_ref = &opened;
         run_bounded(missing, OPEN_CONCURRENCY, |(key, topic)| async move {
@@ -982,6 +986,7 @@ impl PartitionManager {
         // Clients come once every new partition leads its group and committed what its log
         // held (its election: one metadata write and one fdatasync, all groups at once).
         let opened = opened.into_inner();
+        let open_s = started.elapsed().as_secs_f64();
         let ready = run_bounded(opened.iter(), usize::MAX, |(p, end)| p.wait_ready(*end));
         if glommio::timer::timeout(Duration::from_secs(30), async {
             ready.await;
@@ -997,6 +1002,15 @@ impl PartitionManager {
             warn!(
                 partitions = late,
                 "partitions not leading their Raft group 30 s after opening"
+            );
+        }
+        if !opened.is_empty() {
+            info!(
+                shard = self.shard,
+                partitions = opened.len(),
+                open_s,
+                elected_s = started.elapsed().as_secs_f64() - open_s,
+                "partitions opened, then led (each elected itself and committed its log)"
             );
         }
     }
@@ -1031,10 +1045,15 @@ impl PartitionManager {
             ..defaults
         };
         let state = self
-            .meta
-            .read_group(group)
-            .await
-            .map_err(|e| format!("reading Raft group {group}'s metadata: {e}"))?;
+            .recovered
+            .lock()
+            .map_err(|_| "the recovered Raft metadata is poisoned".to_string())?
+            .remove(&group)
+            .unwrap_or_default();
+        let epochs = state
+            .values
+            .get(KEY_LEADER_EPOCHS)
+            .map(|v| decode_epochs(&String::from_utf8_lossy(v)));
         let cfg = spate_raft::SegmentConfig {
             log: config,
             on_progress: Some(self.consensus.progress_hook()),
@@ -1055,12 +1074,11 @@ impl PartitionManager {
             warn!(%topic, partition = key.1, truncation = ?t, "recovery truncated a corrupt or torn tail");
         }
         let side_dir = path.clone();
-        let (saved, snapshot, epochs) = glommio::executor()
+        let (saved, snapshot) = glommio::executor()
             .spawn_blocking(move || {
                 (
                     spate_storage::log::checkpoint::read(&side_dir),
                     read_snapshot_file(&side_dir),
-                    std::fs::read_to_string(side_dir.join(EPOCH_FILE)),
                 )
             })
             .await;
@@ -1088,15 +1106,11 @@ impl PartitionManager {
             let _ = store.close().await;
             return Err(e);
         }
-        let (epochs, epochs_ok) = match epochs.map(|t| decode_epochs(&t)) {
-            Ok(Some(e)) => (e, true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), false),
-            Ok(None) => {
-                warn!(%topic, partition = key.1, "damaged leader epoch checkpoint; rebuilding it from the log");
-                (Vec::new(), false)
-            }
-            Err(e) => {
-                warn!(%topic, partition = key.1, error = %e, "reading the leader epoch checkpoint; rebuilding it from the log");
+        let (epochs, epochs_ok) = match epochs {
+            Some(Some(e)) => (e, true),
+            None => (Vec::new(), false),
+            Some(None) => {
+                warn!(%topic, partition = key.1, "damaged leader epoch cache; rebuilding it from the log");
                 (Vec::new(), false)
             }
         };
@@ -1110,6 +1124,7 @@ impl PartitionManager {
             group,
             store: store.clone(),
             consensus: self.consensus.clone(),
+            meta: self.meta.clone(),
             hw: Cell::new(hw),
             leader_term: Cell::new(0),
             failed: Cell::new(false),

@@ -51,6 +51,7 @@ fn run_cluster(
                 store,
                 sentinel,
                 spate_broker::consensus::LeaderEpochs::new(),
+                Default::default(),
             ));
             mesh::start(shard.clone(), io);
             if id == caller {

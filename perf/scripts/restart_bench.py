@@ -126,6 +126,13 @@ def main():
             broker.start(timeout=300)
             ready = time.monotonic() - t0
             opened = shard_open_seconds(broker.log_path, broker.starts)
+            # How the time splits: opening (recovery, Raft index) and the elections after.
+            for line in broker.log_path.read_text(errors="replace").split(f"start #{broker.starts}")[-1].splitlines():
+                if "then led" in line:
+                    m = re.search(r"open_s=([0-9.]+) elected_s=([0-9.]+)", line)
+                    if m:
+                        print(f"{kind}: opened in {float(m[1]):.2f} s, "
+                              f"led {float(m[2]):.2f} s later", file=sys.stderr)
             bad = check_ends(broker, topics, args.partitions_per_topic, ends)
             rows.append({"restart": kind, "partitions": n, "ready_s": round(ready, 2),
                          "open_s": None if opened is None else round(opened, 2),

@@ -142,6 +142,7 @@ impl Shard {
         store: MetaStore,
         sentinel: PathBuf,
         epochs: std::sync::Arc<crate::consensus::LeaderEpochs>,
+        groups: crate::consensus::RecoveredGroups,
     ) -> Shard {
         let metrics = ShardMetrics::new(mesh.shard_id());
         Shard {
@@ -152,6 +153,7 @@ impl Shard {
                 crate::consensus::Consensus::new(config.node_id, epochs),
                 store.clone(),
                 metrics.fsync_seconds.clone(),
+                groups,
             ),
             metrics,
             fetch_sessions: RefCell::new(crate::kafka::fetch_sessions::FetchSessions::new(
