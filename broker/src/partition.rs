@@ -38,8 +38,12 @@ pub const READAHEAD_BYTES: usize = 2 << 20;
 /// A producer-state snapshot is written after this many appended bytes (and at close).
 pub const PRODUCER_SNAPSHOT_EVERY_BYTES: usize = 64 << 20;
 
-/// How many partitions a shard opens (or closes) at once: their I/O overlaps in io_uring.
+/// How many partitions a shard opens at once: their I/O overlaps in io_uring.
 const OPEN_CONCURRENCY: usize = 64;
+
+/// How many partitions a shard closes at once: mostly waits for metadata-store group
+/// commits, which take more writers per fsync the more wait at once.
+const CLOSE_CONCURRENCY: usize = 512;
 
 /// Metadata-store key (in the partition's Raft group region) of its leader epoch cache, in
 /// Kafka's `leader-epoch-checkpoint` text format. Kept there rather than in a file: it is
@@ -1211,7 +1215,10 @@ impl PartitionManager {
             .drain()
             .map(|(_, p)| p)
             .collect();
-        run_bounded(all, OPEN_CONCURRENCY, |p| async move {
+        // Every group's Raft log compaction at once: their anchor writes share the metadata
+        // thread's group commits (one by one, each would wait for its own).
+        self.consensus.compact_all();
+        run_bounded(all, CLOSE_CONCURRENCY, |p| async move {
             // Wait out a running snapshot, then compact the Raft log through what it
             // committed (the next open rebuilds no index) and close the group's store:
             // its pump writes what is queued and the final applied checkpoint.
