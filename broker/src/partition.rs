@@ -41,9 +41,10 @@ pub const PRODUCER_SNAPSHOT_EVERY_BYTES: usize = 64 << 20;
 /// How many partitions a shard opens at once: their I/O overlaps in io_uring.
 const OPEN_CONCURRENCY: usize = 64;
 
-/// How many partitions a shard closes at once: mostly waits for metadata-store group
-/// commits, which take more writers per fsync the more wait at once.
-const CLOSE_CONCURRENCY: usize = 512;
+/// How many partitions a shard closes at once. Not more: `run_bounded` polls every running
+/// future on each wake-up, and glommio's I/O sources keep a clone of the task's waker per
+/// poll — 512 at once overflowed a task's waker count (a panic at shutdown).
+const CLOSE_CONCURRENCY: usize = 64;
 
 /// Metadata-store key (in the partition's Raft group region) of its leader epoch cache, in
 /// Kafka's `leader-epoch-checkpoint` text format. Kept there rather than in a file: it is
@@ -991,9 +992,12 @@ impl PartitionManager {
         // held (its election: one metadata write and one fdatasync, all groups at once).
         let opened = opened.into_inner();
         let open_s = started.elapsed().as_secs_f64();
-        let ready = run_bounded(opened.iter(), usize::MAX, |(p, end)| p.wait_ready(*end));
+        // One after the other (each returns at once once its partition is ready): one
+        // waker at a time, however many partitions opened.
         if glommio::timer::timeout(Duration::from_secs(30), async {
-            ready.await;
+            for (p, end) in &opened {
+                p.wait_ready(*end).await;
+            }
             Ok(())
         })
         .await

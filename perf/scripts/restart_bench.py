@@ -118,7 +118,10 @@ def main():
 
         for kind in ("clean", "crash"):
             if kind == "clean":
-                broker.stop()
+                t_stop = time.monotonic()
+                broker.stop(timeout=120)
+                print(f"clean shutdown (SIGTERM to exit) took {time.monotonic() - t_stop:.2f} s",
+                      file=sys.stderr)
             else:
                 ends = produce_all(broker, topics, args.partitions_per_topic, args.records)
                 broker.kill()
