@@ -37,7 +37,7 @@ os.environ.setdefault("SPATE_TEST_WORK", str(Path(__file__).resolve().parents[2]
                                              / "target" / "idle-bench"))
 
 import spate_harness as h  # noqa: E402
-from restart_bench import produce_all  # noqa: E402
+from restart_bench import create_topics, produce_all  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -68,14 +68,7 @@ def main():
     broker = h.Broker(name="idle", target="spate", smp=1)
     try:
         broker.start()
-        from confluent_kafka.admin import AdminClient, NewTopic
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-        topics = [f"idle{i}" for i in range(args.topics)]
-        fs = admin.create_topics([NewTopic(t, args.partitions_per_topic, 1) for t in topics],
-                                 request_timeout=120)
-        for f in fs.values():
-            f.result(180)
-        del admin, fs
+        topics = create_topics(broker, "idle", args.topics, args.partitions_per_topic)
         produce_all(broker, topics, args.partitions_per_topic, 1)
         time.sleep(args.settle)
         pid = broker.proc.pid

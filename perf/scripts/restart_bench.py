@@ -40,6 +40,17 @@ import kafka_wire as kw  # noqa: E402
 import spate_harness as h  # noqa: E402
 
 
+def create_topics(broker, prefix, n, parts):
+    """Creates topics `{prefix}0..{prefix}{n-1}` of `parts` partitions each; returns their names."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topics = [f"{prefix}{i}" for i in range(n)]
+    fs = admin.create_topics([NewTopic(t, parts, 1) for t in topics], request_timeout=120)
+    for f in fs.values():
+        f.result(180)
+    return topics
+
+
 def produce_all(broker, topics, parts, records, per_request=1000):
     """One batch of `records` 100-byte records per partition, acks=all; returns {(t, p): hw}."""
     ts = int(time.time() * 1000)
@@ -101,14 +112,7 @@ def main():
     ok = False
     try:
         broker.start()
-        from confluent_kafka.admin import AdminClient, NewTopic
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-        topics = [f"rb{i}" for i in range(args.topics)]
-        fs = admin.create_topics([NewTopic(t, args.partitions_per_topic, 1) for t in topics],
-                                 request_timeout=120)
-        for f in fs.values():
-            f.result(180)
-        del admin, fs
+        topics = create_topics(broker, "rb", args.topics, args.partitions_per_topic)
         n = args.topics * args.partitions_per_topic
         t0 = time.monotonic()
         for _ in range(args.batches):

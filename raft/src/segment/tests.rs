@@ -218,24 +218,27 @@ fn s5_3_entries_survive_reopen_with_kafka_offsets_per_record() {
     assert_eq!(s.term(0), Err(StoreError::Compacted(0)));
 }
 
+/// A sync gate that holds every fsync until its flag is set.
+struct Hold(Rc<Cell<bool>>);
+
+impl SyncGate for Hold {
+    fn wait(&self) -> Pin<Box<dyn Future<Output = ()>>> {
+        let open = Rc::clone(&self.0);
+        Box::pin(std::future::poll_fn(move |_| {
+            if open.get() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }))
+    }
+}
+
 /// §5.1: only what a completed sync covered is promised to survive; a crash between the
 /// write and the fsync may keep a torn prefix, which recovery cuts at a batch boundary, and
 /// the index is rebuilt to match.
 #[test]
 fn s5_1_a_crash_keeps_a_prefix_of_unsynced_entries() {
-    struct Hold(Rc<Cell<bool>>);
-    impl SyncGate for Hold {
-        fn wait(&self) -> Pin<Box<dyn Future<Output = ()>>> {
-            let open = Rc::clone(&self.0);
-            Box::pin(std::future::poll_fn(move |_| {
-                if open.get() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            }))
-        }
-    }
     for seed in 0..40 {
         let node = Node::new(seed);
         let open = Rc::new(Cell::new(true));
@@ -991,19 +994,6 @@ fn s5_1_trailing_noops_survive_reopen() {
 /// stays where it was.
 #[test]
 fn s5_1_a_noop_only_flush_is_durable_only_after_its_fsync() {
-    struct Hold(Rc<Cell<bool>>);
-    impl SyncGate for Hold {
-        fn wait(&self) -> Pin<Box<dyn Future<Output = ()>>> {
-            let open = Rc::clone(&self.0);
-            Box::pin(std::future::poll_fn(move |_| {
-                if open.get() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            }))
-        }
-    }
     let node = Node::new(23);
     let open = Rc::new(Cell::new(true));
     let gated = || SegmentConfig {

@@ -328,6 +328,22 @@ impl<D: SegmentDir> PlanSegment<D> {
         recovery::ensure_file(&self.dir, &self.shared, &self.name).await
     }
 
+    /// Where a read of this segment starts (the index entry `lookup` picks) and its file.
+    async fn start(
+        &self,
+        lookup: impl FnOnce(&SegmentIndex) -> Option<index::IndexEntry>,
+    ) -> Result<(index::IndexEntry, Rc<D::File>), LogError> {
+        let entry = self
+            .with_index(lookup)
+            .await?
+            .ok_or_else(|| LogError::ReadMismatch {
+                segment: self.name.clone(),
+                pos: 0,
+                reason: "empty index for a non-empty segment".into(),
+            })?;
+        Ok((entry, self.file().await?))
+    }
+
     /// Runs `f` on the index, loading it first if needed (closed segments).
     async fn with_index<R>(&self, f: impl FnOnce(&SegmentIndex) -> R) -> Result<R, LogError> {
         if self.shared.index.borrow().is_none() {
@@ -408,15 +424,7 @@ impl<D: SegmentDir> ReadPlan<D> {
             return Ok(empty);
         }
         let rel = (self.offset - seg.base_offset) as u32;
-        let entry = seg
-            .with_index(|ix| ix.lookup_offset(rel))
-            .await?
-            .ok_or_else(|| LogError::ReadMismatch {
-                segment: seg.name.clone(),
-                pos: 0,
-                reason: "empty index for a non-empty segment".into(),
-            })?;
-        let file = seg.file().await?;
+        let (entry, file) = seg.start(|ix| ix.lookup_offset(rel)).await?;
         let src = FileSource {
             file: &*file,
             name: &seg.name,
@@ -470,15 +478,7 @@ impl<D: SegmentDir> BatchReadPlan<D> {
                 return Ok(empty);
             }
             let rel = self.at.offset.saturating_sub(seg.base_offset) as u32;
-            let entry = seg
-                .with_index(|ix| ix.lookup_before(rel))
-                .await?
-                .ok_or_else(|| LogError::ReadMismatch {
-                    segment: seg.name.clone(),
-                    pos: 0,
-                    reason: "empty index for a non-empty segment".into(),
-                })?;
-            let file = seg.file().await?;
+            let (entry, file) = seg.start(|ix| ix.lookup_before(rel)).await?;
             let src = FileSource {
                 file: &*file,
                 name: &seg.name,

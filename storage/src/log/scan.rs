@@ -307,6 +307,40 @@ pub(crate) async fn read_batches<S: ByteSource>(
         prev = Some((at, h));
         cur.pos += h.total_len() as u64;
     };
+    let g = gather(&mut cur, name, first, max_bytes, max_batch_bytes).await?;
+    damaged.extend(g.cut);
+    Ok(Some(Found {
+        bytes: g.bytes,
+        base_offset: first.base_offset as u64,
+        next_offset: g.next_offset,
+        damaged,
+    }))
+}
+
+/// What [`gather`] took.
+struct Gathered {
+    /// The verified batches from the first one on.
+    bytes: Bytes,
+    /// The offset after them.
+    next_offset: u64,
+    /// The last batch taken.
+    last: BatchHeader,
+    /// The damaged batch the read was cut before.
+    cut: Option<CorruptBatch>,
+}
+
+/// Takes the batch `first` (its header at the cursor) and the batches following on, up to
+/// `max_bytes` (but at least `first`), then verifies every batch taken (bounds, magic,
+/// CRC-32C, record count, offsets following on): the result is cut before the first damaged
+/// one, and a damaged `first` fails with [`LogError::Corrupt`]. The tail of both reads, by
+/// offset ([`read_batches`]) and by place ([`read_batches_at`]).
+async fn gather<S: ByteSource>(
+    cur: &mut Cursor<'_, S>,
+    name: &str,
+    first: BatchHeader,
+    max_bytes: usize,
+    max_batch_bytes: usize,
+) -> Result<Gathered, LogError> {
     let mut expect = first.next_offset() as u64;
     let start = cur.pos;
     let mut total = first.total_len();
@@ -347,11 +381,13 @@ pub(crate) async fn read_batches<S: ByteSource>(
     // Verify what goes out.
     let mut end = 0;
     let mut next = first.base_offset as u64;
+    let mut last = first;
     while end < bytes.len() {
         let why = match check_first(&bytes[end..], max_batch_bytes) {
             Ok(h) if h.base_offset == next as i64 => {
                 end += h.total_len();
                 next = h.next_offset() as u64;
+                last = h;
                 continue;
             }
             Ok(h) => format!("batch has base offset {}, expected {next}", h.base_offset),
@@ -364,13 +400,12 @@ pub(crate) async fn read_batches<S: ByteSource>(
         cut = Some(c);
         break;
     }
-    damaged.extend(cut);
-    Ok(Some(Found {
+    Ok(Gathered {
         bytes: bytes.slice(..end),
-        base_offset: first.base_offset as u64,
         next_offset: next,
-        damaged,
-    }))
+        last,
+        cut,
+    })
 }
 
 /// The first batch from `(pos, base)` with a max timestamp `>= ts`, skipping batches that end
@@ -584,67 +619,11 @@ pub(crate) async fn read_batches_at<S: ByteSource>(
     let Some(first) = first else {
         return Ok(None);
     };
-    let start = cur.pos;
-    let mut total = first.total_len();
-    let mut expect = first.next_offset() as u64;
-    cur.pos += total as u64;
-    let mut cut = None;
-    while total < max_bytes {
-        let p = cur.pos;
-        let h = match cur.checked_header(max_batch_bytes).await {
-            Ok(Some(h)) => h,
-            Ok(None) | Err(HeaderError::Io(_)) => break,
-            Err(HeaderError::Bad(why)) => {
-                cut = Some(corrupt(name, p, expect, why));
-                break;
-            }
-        };
-        if h.base_offset != expect as i64 {
-            let why = format!("batch has base offset {}, expected {expect}", h.base_offset);
-            cut = Some(corrupt(name, p, expect, why));
-            break;
-        }
-        if total + h.total_len() > max_bytes {
-            break;
-        }
-        total += h.total_len();
-        expect = h.next_offset() as u64;
-        cur.pos += h.total_len() as u64;
-    }
-    let bytes = cur.slice(start, total).await?;
-    if bytes.len() != total {
-        return Err(mismatch(
-            name,
-            start,
-            format!("{} of {total} bytes", bytes.len()),
-        ));
-    }
-    // Verify what goes out.
-    let mut end = 0;
-    let mut next = first.base_offset as u64;
-    let mut last = first;
-    while end < bytes.len() {
-        let why = match check_first(&bytes[end..], max_batch_bytes) {
-            Ok(h) if h.base_offset == next as i64 => {
-                end += h.total_len();
-                next = h.next_offset() as u64;
-                last = h;
-                continue;
-            }
-            Ok(h) => format!("batch has base offset {}, expected {next}", h.base_offset),
-            Err(e) => e.to_string(),
-        };
-        let c = corrupt(name, start + end as u64, next, why);
-        if end == 0 {
-            return Err(c.into());
-        }
-        cut = Some(c);
-        break;
-    }
+    let g = gather(&mut cur, name, first, max_bytes, max_batch_bytes).await?;
     Ok(Some(FoundAt {
-        bytes: bytes.slice(..end),
-        next: BatchAt::after(&last),
-        damaged: cut.into_iter().collect(),
+        bytes: g.bytes,
+        next: BatchAt::after(&g.last),
+        damaged: g.cut.into_iter().collect(),
     }))
 }
 

@@ -1935,23 +1935,36 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 // Real O_DIRECT files.
 
-#[test]
-fn dma_append_flush_reopen_read() {
-    use super::file::DmaDir;
-    // Under target/ (on the real disk): O_DIRECT needs a real filesystem, not tmpfs.
+/// A scratch data directory for O_DIRECT tests — under target/ (on the real disk: O_DIRECT
+/// needs a real filesystem, not tmpfs) — its sentinel (std I/O, before the executor), and an
+/// executor to run everything else on.
+fn dma_scratch(
+    prefix: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    glommio::LocalExecutor,
+) {
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/storage-tests");
     std::fs::create_dir_all(&base).unwrap();
     let tmp = tempfile::Builder::new()
-        .prefix("dma-log-")
+        .prefix(prefix)
         .tempdir_in(&base)
         .unwrap();
     let data_dir = tmp.path().to_path_buf();
-    // The sentinel (std I/O, before the executor), then everything else on the executor.
     let sentinel = crate::dma::prepare_sentinel(&data_dir).unwrap();
     let ex = glommio::LocalExecutorBuilder::default()
         .io_memory(1 << 20)
         .make()
         .unwrap();
+    (tmp, data_dir, sentinel, ex)
+}
+
+#[test]
+fn dma_append_flush_reopen_read() {
+    use super::file::DmaDir;
+    let (_tmp, data_dir, sentinel, ex) = dma_scratch("dma-log-");
     ex.run(async move {
         let part = data_dir.join("topic-0");
         let config = LogConfig {
@@ -2326,18 +2339,7 @@ fn a_read_never_serves_a_batch_whose_base_offset_jumps() {
 #[test]
 fn dma_io_cap_below_the_write_chunk_splits_reads_and_writes() {
     use super::file::DmaDir;
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/storage-tests");
-    std::fs::create_dir_all(&base).unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("dma-cap-")
-        .tempdir_in(&base)
-        .unwrap();
-    let data_dir = tmp.path().to_path_buf();
-    let sentinel = crate::dma::prepare_sentinel(&data_dir).unwrap();
-    let ex = glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .make()
-        .unwrap();
+    let (_tmp, data_dir, sentinel, ex) = dma_scratch("dma-cap-");
     ex.run(async move {
         let part = data_dir.join("topic-0");
         // A device taking 8 KiB at once: the appender's 128 KiB chunks shrink to it, reads

@@ -249,6 +249,15 @@ fn compact(log: &mut PartitionLog<FaultyDir>, m: &mut Model, group: u64) -> Comp
         .expect("something to compact")
 }
 
+/// Removes the index files and the segment checkpoint: the next open scans every segment.
+fn forget_index_files(dir: &FaultyDir) {
+    for n in file_names(dir) {
+        if n.ends_with(".index") || n == manifest::FILE {
+            block_on(dir.remove(&n)).unwrap();
+        }
+    }
+}
+
 fn file_names(dir: &FaultyDir) -> Vec<String> {
     block_on(dir.list()).unwrap()
 }
@@ -316,11 +325,7 @@ fn compaction_keeps_the_latest_record_per_key_and_every_offset() {
     assert_eq!(read_batches(&log), want_batches);
     drop(log);
     // Without the index files and the checkpoint, recovery scans the gaps without a cut.
-    for n in file_names(&dir) {
-        if n.ends_with(".index") || n == manifest::FILE {
-            block_on(dir.remove(&n)).unwrap();
-        }
-    }
+    forget_index_files(&dir);
     let (log, report) = open(&dir);
     assert!(report.truncated.is_none(), "{report:?}");
     assert!(report.deleted_segments.is_empty(), "{report:?}");
@@ -437,11 +442,7 @@ fn an_all_superseded_last_batch_stays_as_an_empty_batch() {
     );
     drop(log);
     // A restart that has to scan everything keeps it all.
-    for n in file_names(&dir) {
-        if n.ends_with(".index") || n == manifest::FILE {
-            block_on(dir.remove(&n)).unwrap();
-        }
-    }
+    forget_index_files(&dir);
     let (log, report) = open(&dir);
     assert!(report.truncated.is_none(), "{report:?}");
     assert_eq!(read_batches(&log), batches);
